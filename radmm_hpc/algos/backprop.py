@@ -1,0 +1,105 @@
+"""Backpropagation baseline: mini-batch Adam/SGD, synchronous data-parallel over ranks.
+
+Every rank holds the same model. The global batch of each step is a function of the seed alone
+(one permutation of the training set per epoch); rank r computes the gradient of its contiguous
+share of that batch, normalised by the global batch size, and one Allreduce of a packed buffer
+sums the shares. Every rank then takes the same optimizer step, so P ranks follow the same
+trajectory as one process on the union batch (up to summation order).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from radmm_hpc.algos.base import Trainer
+from radmm_hpc.data import shard_range
+from radmm_hpc.models.fcresnet import FCResNet, init_weights
+from radmm_hpc.scoring import loss_fn, score_weights, tensors_for
+
+
+class BackpropTrainer(Trainer):
+    name = "backprop"
+
+    def __init__(self, cfg, rt, ds):
+        super().__init__(cfg, rt, ds)
+        m, b = cfg.model, cfg.backprop
+        gen = torch.Generator().manual_seed(cfg.train.seed)
+        weights = init_weights(ds.d_in, m.width, m.depth, ds.d_out, m.input_bias, m.init_scale,
+                               gen, self.dtype, self.device)
+        self.model = FCResNet(weights, m.activation, m.input_bias)
+        params = list(self.model.parameters())
+        if b.optimizer == "adam":
+            self.opt = torch.optim.Adam(params, lr=b.lr, weight_decay=b.weight_decay)
+        else:
+            self.opt = torch.optim.SGD(params, lr=b.lr, momentum=b.momentum, weight_decay=b.weight_decay)
+        self.X, self.y = tensors_for(ds, "train", self.dtype, self.device)
+        self.n = len(self.X)
+        self.batch = self.n if b.batch_size == 0 else min(b.batch_size, self.n)
+        self.flat = torch.zeros(sum(p.numel() for p in params), dtype=self.dtype, device=self.device)
+        self.grad_norm = 0.0
+
+    def batch_indices(self, it: int) -> np.ndarray:
+        """The global batch of step `it`: consecutive slices of a per-epoch seeded permutation."""
+        if self.batch == self.n:
+            return np.arange(self.n)
+        per_epoch = self.n // self.batch
+        epoch, k = divmod(it, per_epoch)
+        perm = np.random.default_rng([self.cfg.train.seed, epoch]).permutation(self.n)
+        return perm[k * self.batch:(k + 1) * self.batch]
+
+    def step(self, it: int) -> None:
+        idx = self.batch_indices(it)
+        lo, hi = shard_range(len(idx), self.rt.rank, self.rt.size)
+        mine = torch.as_tensor(idx[lo:hi], device=self.device)
+        with self.timed("compute"):
+            self.opt.zero_grad(set_to_none=False)
+            if len(mine):
+                pred = self.model(self.X[mine])
+                # the share of the global mean: sum over my rows / global batch size
+                loss = loss_fn(pred, self.y[mine], self.ds.task) * (len(mine) / len(idx))
+                loss.backward()
+            params = list(self.model.parameters())
+            offset = 0
+            for p in params:
+                self.flat[offset:offset + p.numel()].copy_(p.grad.reshape(-1))
+                offset += p.numel()
+        with self.timed("exchange"):
+            self.rt.comm.allreduce_(self.flat)
+        with self.timed("compute"):
+            offset = 0
+            for p in params:
+                p.grad.copy_(self.flat[offset:offset + p.numel()].view_as(p))
+                offset += p.numel()
+            self.grad_norm = float(self.flat.norm())
+            self.opt.step()
+
+    def weights(self):
+        return [p.detach() for p in self.model.parameters()]
+
+    def metrics(self):
+        # every rank holds the same model: scores are already the same everywhere
+        m = score_weights(self.weights(), self.ds, self.cfg.model.activation, self.cfg.model.input_bias)
+        m["grad_norm"] = self.grad_norm
+        return m
+
+    def export_weights(self):
+        return self.weights() if self.rt.is_root else None
+
+    def state(self):
+        out = {f"param/{i}": p.detach().cpu().numpy() for i, p in enumerate(self.model.parameters())}
+        for i, p in enumerate(self.model.parameters()):
+            for k, v in self.opt.state.get(p, {}).items():
+                out[f"opt/{i}/{k}"] = torch.as_tensor(v).detach().cpu().numpy()
+        return out
+
+    def load_state(self, state):
+        params = list(self.model.parameters())
+        with torch.no_grad():
+            for i, p in enumerate(params):
+                p.copy_(torch.as_tensor(state[f"param/{i}"]))
+        for i, p in enumerate(params):
+            keys = [k for k in state if k.startswith(f"opt/{i}/")]
+            if keys:
+                self.opt.state[p] = {k.split("/")[-1]: torch.as_tensor(state[k], device=self.device)
+                                     for k in keys}

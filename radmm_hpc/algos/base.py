@@ -1,0 +1,57 @@
+"""The interface between a training method and the shared loop (loop.py)."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+
+class Trainer:
+    """A training method. The loop calls, on every rank:
+
+    step(it)            one iteration (collective where the method needs it)
+    metrics()           collective; the same dict of floats on every rank
+    export_weights()    collective; the whole network's weight list on rank 0, None elsewhere
+    state()/load_state  this rank's checkpoint arrays (numeric only) and their restore
+    """
+
+    name = "base"
+
+    def __init__(self, cfg, rt, ds):
+        self.cfg, self.rt, self.ds = cfg, rt, ds
+        self.dtype = torch.float64 if cfg.train.dtype == "float64" else torch.float32
+        self.device = rt.device
+        self.phase_s: Dict[str, float] = defaultdict(float)   # compute / exchange / wait seconds
+
+    def timed(self, phase: str):
+        return _PhaseTimer(self.phase_s, phase)
+
+    def step(self, it: int) -> None:
+        raise NotImplementedError
+
+    def metrics(self) -> Dict[str, float]:
+        raise NotImplementedError
+
+    def export_weights(self) -> Optional[List[torch.Tensor]]:
+        raise NotImplementedError
+
+    def state(self) -> Dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def load_state(self, state: Dict[str, np.ndarray]) -> None:
+        raise NotImplementedError
+
+
+class _PhaseTimer:
+    def __init__(self, acc, phase):
+        self.acc, self.phase = acc, phase
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.acc[self.phase] += time.perf_counter() - self.t0

@@ -1,0 +1,178 @@
+"""The communication layer: the only module that moves tensors between ranks.
+
+Everything else calls these methods. Tensors travel through the uppercase (buffer) mpi4py calls;
+several tensors for one neighbour are packed into one reusable buffer and sent as one message.
+GPU tensors are staged through host memory. Waits poll with a short sleep so that ranks
+oversubscribing cores (8 ranks on 2 cores) do not spin against the ranks doing the work, and so
+that a signal handler can run during a long wait.
+
+With no MPI (world size 1, or mpi4py without an MPI library) the same API works serially.
+Byte counters count tensor payload only: point-to-point bytes and collective payload separately.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Dict, List, Sequence
+
+import numpy as np
+import torch
+
+try:  # an MPI library may be absent: then the program still runs as one process
+    from mpi4py import MPI
+except (ImportError, RuntimeError):  # pragma: no cover - depends on the installation
+    MPI = None
+
+_OPS = {"sum": "SUM", "max": "MAX", "min": "MIN"}
+
+
+def _host(t: torch.Tensor) -> np.ndarray:
+    """A numpy view of a contiguous CPU tensor (the buffer MPI reads or writes)."""
+    return t.detach().numpy()
+
+
+class Comm:
+    def __init__(self, mpi_comm=None):
+        self.mpi = mpi_comm
+        self.rank = mpi_comm.Get_rank() if mpi_comm is not None else 0
+        self.size = mpi_comm.Get_size() if mpi_comm is not None else 1
+        self.p2p_sent = 0
+        self.p2p_recv = 0
+        self.coll_bytes = 0
+        self._buffers: Dict[tuple, torch.Tensor] = {}
+        self.wait_s = 0.0   # time spent blocked in this layer (the "wait" phase)
+
+    # ---- counters -------------------------------------------------------------------------
+    @property
+    def bytes_sent(self) -> int:
+        return self.p2p_sent + self.coll_bytes
+
+    def counters(self) -> dict:
+        return {"p2p_sent": self.p2p_sent, "p2p_recv": self.p2p_recv, "coll_bytes": self.coll_bytes}
+
+    # ---- control plane: small Python objects ------------------------------------------------
+    def barrier(self) -> None:
+        if self.mpi is not None:
+            self._wait([self.mpi.Ibarrier()])
+
+    def bcast_obj(self, obj, root: int = 0):
+        return obj if self.mpi is None else self.mpi.bcast(obj, root=root)
+
+    def allgather_obj(self, obj) -> list:
+        return [obj] if self.mpi is None else self.mpi.allgather(obj)
+
+    def gather_obj(self, obj, root: int = 0):
+        return [obj] if self.mpi is None else self.mpi.gather(obj, root=root)
+
+    def agree_flag(self, flag: int) -> int:
+        """Max of an integer flag over ranks (signals, stop decisions, errors)."""
+        if self.mpi is None:
+            return int(flag)
+        buf = np.array([int(flag)], dtype=np.int64)
+        self._wait([self.mpi.Iallreduce(MPI.IN_PLACE, buf, op=MPI.MAX)])
+        return int(buf[0])
+
+    # ---- waiting ----------------------------------------------------------------------------
+    def _wait(self, reqs: List) -> None:
+        t0 = time.perf_counter()
+        if not MPI.Request.Testall(reqs):
+            spins = 0
+            while not MPI.Request.Testall(reqs):
+                spins += 1
+                # spin briefly (latency), then sleep (let the cores go to ranks that compute)
+                if spins > 50:
+                    time.sleep(0.0002 if spins < 2000 else 0.001)
+        self.wait_s += time.perf_counter() - t0
+
+    # ---- collectives on tensors ---------------------------------------------------------------
+    def allreduce_(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """In-place allreduce of a tensor (any device); returns it."""
+        if self.mpi is None:
+            return t
+        host = t if (t.device.type == "cpu" and t.is_contiguous()) else t.detach().to("cpu").contiguous()
+        self.coll_bytes += host.numel() * host.element_size()
+        self._wait([self.mpi.Iallreduce(MPI.IN_PLACE, _host(host), op=getattr(MPI, _OPS[op]))])
+        if host is not t:
+            t.copy_(host)
+        return t
+
+    def reduce_scalars(self, values: Dict[str, float], op: str = "sum") -> Dict[str, float]:
+        """Reduce a dict of floats (same keys on every rank) with one Allreduce."""
+        keys = sorted(values)
+        buf = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+        if self.mpi is not None:
+            self._wait([self.mpi.Iallreduce(MPI.IN_PLACE, _host(buf), op=getattr(MPI, _OPS[op]))])
+        return {k: float(v) for k, v in zip(keys, buf.tolist())}
+
+    # ---- point to point -----------------------------------------------------------------------
+    def _buffer(self, key: tuple, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        buf = self._buffers.get(key)
+        if buf is None or buf.numel() != numel or buf.dtype != dtype:
+            buf = torch.empty(numel, dtype=dtype)
+            self._buffers[key] = buf
+        return buf
+
+    def exchange(self, sends: Dict[int, Sequence[torch.Tensor]],
+                 recvs: Dict[int, Sequence[torch.Tensor]], tag: int = 0) -> None:
+        """Send one packed message to each peer in `sends` and receive one from each in `recvs`.
+
+        Receive targets are filled in place. All tensors of one message share a dtype.
+        """
+        if not sends and not recvs:
+            return
+        if self.mpi is None:
+            raise RuntimeError("exchange with a peer in a one-process run")
+        reqs, unpack = [], []
+        for peer, tensors in recvs.items():
+            numel = sum(t.numel() for t in tensors)
+            buf = self._buffer(("r", peer, tag), numel, tensors[0].dtype)
+            reqs.append(self.mpi.Irecv(_host(buf), source=peer, tag=tag))
+            unpack.append((buf, tensors))
+            self.p2p_recv += buf.numel() * buf.element_size()
+        for peer, tensors in sends.items():
+            numel = sum(t.numel() for t in tensors)
+            buf = self._buffer(("s", peer, tag), numel, tensors[0].dtype)
+            offset = 0
+            for t in tensors:   # pack (and stage GPU data to host) in one pass
+                buf[offset:offset + t.numel()].copy_(t.detach().reshape(-1))
+                offset += t.numel()
+            reqs.append(self.mpi.Isend(_host(buf), dest=peer, tag=tag))
+            self.p2p_sent += buf.numel() * buf.element_size()
+        self._wait(reqs)
+        for buf, tensors in unpack:
+            offset = 0
+            for t in tensors:
+                t.copy_(buf[offset:offset + t.numel()].view(t.shape))
+                offset += t.numel()
+
+    def send(self, tensors: Sequence[torch.Tensor], dest: int, tag: int = 0) -> None:
+        self.exchange({dest: tensors}, {}, tag)
+
+    def recv(self, tensors: Sequence[torch.Tensor], source: int, tag: int = 0) -> None:
+        self.exchange({}, {source: tensors}, tag)
+
+    def gather_arrays(self, arrays: Dict[str, np.ndarray], root: int = 0):
+        """Gather every rank's named arrays to `root` (model export). Returns a list per rank
+        on root, None elsewhere. Shapes travel as control data, values as buffers."""
+        if self.mpi is None:
+            return [arrays]
+        meta = {k: (a.shape, a.dtype.str) for k, a in arrays.items()}
+        metas = self.mpi.gather(meta, root=root)
+        if self.rank != root:
+            for i, k in enumerate(sorted(arrays)):
+                a = np.ascontiguousarray(arrays[k])
+                self.mpi.Send(a, dest=root, tag=1000 + i)
+            return None
+        out = []
+        for r, m in enumerate(metas):
+            if r == root:
+                out.append(dict(arrays))
+                continue
+            got = {}
+            for i, k in enumerate(sorted(m)):
+                shape, dt = m[k]
+                a = np.empty(shape, dtype=np.dtype(dt))
+                self.mpi.Recv(a, source=r, tag=1000 + i)
+                got[k] = a
+            out.append(got)
+        return out

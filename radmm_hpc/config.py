@@ -1,0 +1,274 @@
+"""Typed configuration: defaults < TOML file < command-line flags, validated before any work.
+
+Sections are dataclasses; every field has a type and a default. `--set section.key=value` and TOML
+tables address the same fields. Validation rejects unknown keys (suggesting the closest valid
+name) and out-of-range values with a one-line ConfigError.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+from dataclasses import dataclass, field, fields
+
+from radmm_hpc.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ALGOS = ("radmm", "backprop")
+SCHEDULES = ("serial", "serial-redblack", "two-colour", "jacobi")
+
+
+@dataclass
+class TrainCfg:
+    algo: str = "radmm"
+    iters: int = 300
+    seed: int = 0
+    device: str = "auto"          # auto | cpu | cuda
+    dtype: str = "float32"        # float32 | float64
+    deterministic: bool = False   # torch deterministic algorithms (bit-identical resume)
+    log_every: int = 10           # iterations per metrics line
+    progress_seconds: float = 10.0
+    run_dir: str = ""             # default: runs/<timestamp>
+    world_size: int = 0           # expected number of ranks; 0 = any
+    compare: bool = True          # final table: backprop and least squares beside the trained model
+
+
+@dataclass
+class ModelCfg:
+    arch: str = "fcresnet"
+    width: int = 64
+    depth: int = 34               # hidden layers V_1..V_{L-1} (layer 1 is the input layer)
+    activation: str = "relu"      # relu | tanh | gelu
+    input_bias: bool = True       # a row of ones appended to the input (bias of layer 1)
+    init_scale: float = 0.1       # residual and output layers: init_scale·sqrt(2/width) (He = 1.0)
+
+
+@dataclass
+class DataCfg:
+    name: str = "wine"
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    task: str = "auto"            # auto | regression | classification (for csv/hdf5)
+    n_samples: int = 512          # synthetic generators
+    n_features: int = 8
+    n_classes: int = 3
+    noise: float = 0.1
+
+
+@dataclass
+class BackpropCfg:
+    optimizer: str = "adam"       # adam | sgd
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 256         # global batch over all ranks; 0 = full batch
+
+
+@dataclass
+class RadmmCfg:
+    variant: str = "proximal"     # proximal | linearized
+    splitting: str = "three"      # three | two
+    schedule: str = "jacobi"      # serial | serial-redblack | two-colour | jacobi
+    regions: int = 0              # serial-redblack: regions to mimic (0 = world size)
+    lam: float = 1e-4             # weight decay λ
+    gamma: float = 1.0            # penalty on U_l = W_l V_{l-1}
+    rho: float = 1.0              # penalty on V_l = R_l V_{l-1} + σ(U_l)
+    beta: float = 2.0             # ADMM penalty on the output constraint (β > 1)
+    omega: float = 1e-3           # proximal weight
+    beta_b: float = 1.0           # Jacobi boundary consensus penalty
+    tol: float = 0.0              # stop when the relative successive difference falls below
+
+
+@dataclass
+class CheckpointCfg:
+    every: int = 0                # iterations between checkpoints (0 = off)
+    every_seconds: float = 0.0    # seconds between checkpoints (0 = off)
+    keep: int = 3
+
+
+@dataclass
+class Config:
+    train: TrainCfg = field(default_factory=TrainCfg)
+    model: ModelCfg = field(default_factory=ModelCfg)
+    data: DataCfg = field(default_factory=DataCfg)
+    backprop: BackpropCfg = field(default_factory=BackpropCfg)
+    radmm: RadmmCfg = field(default_factory=RadmmCfg)
+    checkpoint: CheckpointCfg = field(default_factory=CheckpointCfg)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        cfg = cls()
+        apply_table(cfg, d, source="config")
+        return cfg
+
+
+def _suggest(name: str, valid) -> str:
+    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _coerce(value, typ, where: str):
+    """Convert a TOML value or a --set string to the field's type."""
+    if typ in ("bool", bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if typ in ("int", int):
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        try:
+            return int(str(value), 0)
+        except ValueError:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+    if typ in ("float", float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def set_value(cfg: Config, dotted: str, value, source: str) -> None:
+    parts = dotted.split(".")
+    sections = {f.name: f for f in fields(cfg)}
+    if len(parts) != 2 or not parts[0] or not parts[1]:
+        raise ConfigError(f"{source}: '{dotted}' is not of the form section.key (sections: {', '.join(sections)})")
+    sec_name, key = parts
+    if sec_name not in sections:
+        raise ConfigError(f"{source}: unknown section '{sec_name}'{_suggest(sec_name, sections)}")
+    section = getattr(cfg, sec_name)
+    keys = {f.name: f for f in fields(section)}
+    if key not in keys:
+        raise ConfigError(f"{source}: unknown key '{sec_name}.{key}'"
+                          f"{_suggest(key, keys).replace(chr(39), chr(39) + sec_name + '.', 1)}")
+    setattr(section, key, _coerce(value, keys[key].type, f"{source}: {dotted}"))
+
+
+def apply_table(cfg: Config, table: dict, source: str) -> None:
+    for sec_name, sec in table.items():
+        if not isinstance(sec, dict):
+            raise ConfigError(f"{source}: '{sec_name}' must be a table [{sec_name}], "
+                              f"not a value{_suggest(sec_name, [f.name for f in fields(cfg)])}")
+        for key, value in sec.items():
+            set_value(cfg, f"{sec_name}.{key}", value, source)
+
+
+def load_toml(path: str) -> dict:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def parse_set(item: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected section.key=value")
+    key, value = item.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def _choice(where, value, choices):
+    if value not in choices:
+        raise ConfigError(f"{where} must be one of {', '.join(choices)}, got {value!r}"
+                          f"{_suggest(str(value), choices)}")
+
+
+def _positive(where, value, strict=True):
+    if (value <= 0) if strict else (value < 0):
+        raise ConfigError(f"{where} must be {'> 0' if strict else '>= 0'}, got {value}")
+
+
+def validate(cfg: Config, world_size: int = 1) -> None:
+    """Check ranges and combinations; raise ConfigError with one line on the first problem."""
+    t, m, d, b, r, c = cfg.train, cfg.model, cfg.data, cfg.backprop, cfg.radmm, cfg.checkpoint
+    _choice("train.algo", t.algo, ALGOS)
+    _positive("train.iters", t.iters)
+    _positive("train.seed", t.seed, strict=False)
+    _choice("train.device", t.device, ("auto", "cpu", "cuda"))
+    _choice("train.dtype", t.dtype, ("float32", "float64"))
+    _positive("train.log_every", t.log_every)
+    _positive("train.progress_seconds", t.progress_seconds)
+    _positive("train.world_size", t.world_size, strict=False)
+    _choice("model.arch", m.arch, ("fcresnet",))
+    _positive("model.width", m.width)
+    if m.depth < 1:
+        raise ConfigError(f"model.depth must be >= 1 hidden layer, got {m.depth}")
+    _choice("model.activation", m.activation, ("relu", "tanh", "gelu"))
+    _positive("model.init_scale", m.init_scale)
+    if not 0.0 < d.test_fraction < 1.0:
+        raise ConfigError(f"data.test_fraction must be in (0, 1), got {d.test_fraction}")
+    _positive("data.split_seed", d.split_seed, strict=False)
+    _choice("data.task", d.task, ("auto", "regression", "classification"))
+    _positive("data.n_samples", d.n_samples)
+    _positive("data.n_features", d.n_features)
+    if d.n_classes < 2:
+        raise ConfigError(f"data.n_classes must be >= 2, got {d.n_classes}")
+    _positive("data.noise", d.noise, strict=False)
+    _choice("backprop.optimizer", b.optimizer, ("adam", "sgd"))
+    _positive("backprop.lr", b.lr)
+    _positive("backprop.momentum", b.momentum, strict=False)
+    _positive("backprop.weight_decay", b.weight_decay, strict=False)
+    _positive("backprop.batch_size", b.batch_size, strict=False)
+    _choice("radmm.variant", r.variant, ("proximal", "linearized"))
+    _choice("radmm.splitting", r.splitting, ("three", "two"))
+    _choice("radmm.schedule", r.schedule, SCHEDULES)
+    for name in ("gamma", "rho", "beta", "omega", "beta_b"):
+        _positive(f"radmm.{name}", getattr(r, name))
+    for name in ("lam", "tol"):
+        _positive(f"radmm.{name}", getattr(r, name), strict=False)
+    _positive("radmm.regions", r.regions, strict=False)
+    _positive("checkpoint.every", c.every, strict=False)
+    _positive("checkpoint.every_seconds", c.every_seconds, strict=False)
+    _positive("checkpoint.keep", c.keep)
+    if t.world_size and t.world_size != world_size:
+        raise ConfigError(f"train.world_size = {t.world_size} but the job has {world_size} ranks")
+    if t.algo == "radmm":
+        if m.activation != "relu" and r.variant == "proximal":
+            raise ConfigError("radmm.variant = proximal needs model.activation = relu "
+                              "(use radmm.variant = linearized for smooth activations)")
+        regions = world_size
+        if r.schedule in ("serial", "serial-redblack"):
+            if world_size != 1:
+                raise ConfigError(f"radmm.schedule = {r.schedule} runs on 1 rank, the job has "
+                                  f"{world_size}; use two-colour or jacobi")
+            regions = r.regions or 1
+        if regions > m.depth:
+            raise ConfigError(f"{regions} regions but model.depth = {m.depth} hidden layers: "
+                              f"each region needs at least one layer (use at most {m.depth} ranks)")
+
+
+def render_toml(d: dict) -> str:
+    """Write a two-level dict of plain values as TOML (the resolved config.toml)."""
+    def fmt(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    out = []
+    for sec, table in d.items():
+        out.append(f"[{sec}]")
+        out += [f"{k} = {fmt(v)}" for k, v in table.items()]
+        out.append("")
+    return "\n".join(out)

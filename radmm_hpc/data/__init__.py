@@ -1,0 +1,77 @@
+"""Data sets: bundled Wine Quality, scikit-learn's digits, CSV and HDF5 files, generators.
+
+`load_dataset(cfg.data)` returns a Dataset with a deterministic train/test split and
+standardisation fitted on the training split only. Arrays are numpy, samples as rows.
+Regression targets are standardised for training; metrics convert back with y_mean, y_std.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from radmm_hpc.data.loaders import load_raw
+from radmm_hpc.errors import DataError
+
+
+@dataclass
+class Dataset:
+    name: str
+    task: str                  # regression | classification
+    X_train: np.ndarray        # (n_train, d_in) float64, standardised
+    y_train: np.ndarray        # regression: (n_train, d_out) standardised; classification: (n_train,) int64
+    X_test: np.ndarray
+    y_test: np.ndarray
+    n_classes: int = 0
+    x_mean: np.ndarray = None
+    x_std: np.ndarray = None
+    y_mean: np.ndarray = None  # regression only
+    y_std: np.ndarray = None
+
+    @property
+    def d_in(self) -> int:
+        return self.X_train.shape[1]
+
+    @property
+    def d_out(self) -> int:
+        return self.n_classes if self.task == "classification" else self.y_train.shape[1]
+
+
+def split_indices(n: int, test_fraction: float, seed: int):
+    """A deterministic permutation split: the same seed gives the same split everywhere."""
+    perm = np.random.default_rng(seed).permutation(n)
+    n_test = max(1, int(round(n * test_fraction)))
+    if n - n_test < 1:
+        raise DataError(f"{n} samples are too few for a train/test split")
+    return np.sort(perm[n_test:]), np.sort(perm[:n_test])
+
+
+def _standardise(train: np.ndarray, *others):
+    mean = train.mean(axis=0)
+    std = train.std(axis=0)
+    std = np.where(std > 1e-12, std, 1.0)   # constant columns stay as they are (centred)
+    return mean, std, [(a - mean) / std for a in (train, *others)]
+
+
+def load_dataset(dcfg) -> Dataset:
+    raw = load_raw(dcfg)
+    X, y, task = raw.X, raw.y, raw.task
+    if raw.X_test is not None:
+        X_tr, y_tr, X_te, y_te = X, y, raw.X_test, raw.y_test
+    else:
+        tr, te = split_indices(len(X), dcfg.test_fraction, dcfg.split_seed)
+        X_tr, y_tr, X_te, y_te = X[tr], y[tr], X[te], y[te]
+    x_mean, x_std, (X_tr, X_te) = _standardise(X_tr, X_te)
+    ds = Dataset(name=dcfg.name, task=task, X_train=X_tr, y_train=y_tr, X_test=X_te, y_test=y_te,
+                 n_classes=raw.n_classes, x_mean=x_mean, x_std=x_std)
+    if task == "regression":
+        ds.y_mean, ds.y_std, (ds.y_train, ds.y_test) = _standardise(y_tr, y_te)
+    return ds
+
+
+def shard_range(n: int, rank: int, size: int) -> tuple[int, int]:
+    """Contiguous balanced slice [start, stop) of n items for `rank` of `size`."""
+    base, extra = divmod(n, size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)

@@ -1,0 +1,156 @@
+"""The shared training loop: every method is a Trainer driven from here.
+
+Per iteration: step, (every log_every) metrics and a progress line, a signal agreement.
+At the end rank 0 scores the exported network by a forward pass, runs the reference baselines,
+and writes model.h5 and summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+
+import torch
+
+from radmm_hpc.algos import trainer_class
+from radmm_hpc.config import render_toml
+from radmm_hpc.data import load_dataset
+from radmm_hpc.errors import EXIT_PREEMPTED, DivergedError, UserError
+from radmm_hpc.metrics import MetricsLog, Progress, clean, peak_rss_mb
+from radmm_hpc.modelio import save_model
+from radmm_hpc.runtime import agree
+from radmm_hpc.scoring import least_squares_scores, score_weights
+
+
+class Preempted(Exception):
+    """A signal asked the job to stop; the run can be resumed."""
+
+    exit_code = EXIT_PREEMPTED
+
+
+def prepare_run_dir(cfg, rt) -> str:
+    """Rank 0 creates the run directory (default runs/<timestamp>) and tells the others."""
+    def make():
+        path = cfg.train.run_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+        try:
+            os.makedirs(path, exist_ok=True)
+            probe = os.path.join(path, ".write-test")
+            with open(probe, "w"):
+                pass
+            os.remove(probe)
+        except OSError as exc:
+            raise UserError(f"cannot create run directory {path}: {exc.strerror}") from None
+        return path
+    path = agree(rt, make) if rt.is_root else agree(rt, lambda: None)
+    return rt.comm.bcast_obj(path)
+
+
+def _finite(m: dict) -> bool:
+    return all(v == v and abs(v) != float("inf") for v in m.values() if isinstance(v, float))
+
+
+def write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(clean(obj) if isinstance(obj, dict) else obj, fh, indent=2)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def train(cfg, rt) -> dict | None:
+    ds = agree(rt, load_dataset, cfg.data)
+    run_dir = prepare_run_dir(cfg, rt)
+    trainer = agree(rt, trainer_class(cfg.train.algo), cfg, rt, ds)
+    root = rt.is_root
+    if root:
+        with open(os.path.join(run_dir, "config.toml"), "w", encoding="utf-8") as fh:
+            fh.write(render_toml(cfg.to_dict()))
+    log = MetricsLog(os.path.join(run_dir, "metrics.jsonl") if root else None)
+    progress = Progress(cfg.train.iters, root, cfg.train.progress_seconds)
+    comm, t = rt.comm, cfg.train
+    iter_times, step_bytes = [], 0
+    t_start = time.perf_counter()
+    it = 0
+    try:
+        while it < t.iters:
+            b0, t0 = comm.bytes_sent, time.perf_counter()
+            trainer.step(it)
+            iter_times.append(time.perf_counter() - t0)
+            step_bytes += comm.bytes_sent - b0
+            it += 1
+            last = it == t.iters
+            stop = False
+            if it % t.log_every == 0 or last:
+                m = trainer.metrics()
+                if not _finite(m):
+                    raise DivergedError(f"non-finite loss at iteration {it}: the run diverged "
+                                        f"(lower the learning rate or raise the penalties)")
+                phases = dict(trainer.phase_s, wait=comm.wait_s)
+                per_rank = comm.allgather_obj(phases)
+                record = {"iter": it, "wall_s": time.perf_counter() - t_start,
+                          "time_per_iter_s": statistics.median(iter_times[-t.log_every:]),
+                          "bytes_sent": comm.bytes_sent, **m,
+                          "phase_s": {k: [p.get(k, 0.0) for p in per_rank] for k in sorted(phases)}}
+                log.write(record)
+                shown = {k: m[k] for k in ("train_loss", "test_loss", "test_r2", "test_accuracy") if k in m}
+                progress.update(it, shown, force=last)
+                stop = bool(m.get("converged", 0.0))
+            if comm.agree_flag(rt.signals.received):
+                raise Preempted(f"stopped by a signal at iteration {it}")
+            if stop:
+                break
+    finally:
+        progress.close()
+        log.close()
+    wall = time.perf_counter() - t_start
+    weights = trainer.export_weights()
+    bytes_per_iter = comm.reduce_scalars({"b": step_bytes / max(1, it)}, "max")["b"]
+    rss = comm.reduce_scalars({"rss": peak_rss_mb()}, "max")["rss"]
+    summary = None
+    if root:
+        save_model(os.path.join(run_dir, "model.h5"), weights, cfg, ds)
+        scores = score_weights(weights, ds, cfg.model.activation, cfg.model.input_bias)
+        summary = {"algo": t.algo, "data": cfg.data.name, "model": cfg.model.arch,
+                   "world_size": rt.size, "iters": it, "wall_s": wall,
+                   "time_per_iter_s": statistics.median(iter_times),
+                   **scores, "bytes_sent_per_iter": bytes_per_iter, "peak_rss_mb": rss,
+                   "run_dir": run_dir}
+        if t.compare:
+            summary["baselines"] = baselines(cfg, ds, wall, rt)
+    comm.barrier()   # other ranks wait (sleeping, not spinning) while rank 0 runs the baselines
+    if root:
+        write_json(os.path.join(run_dir, "summary.json"), summary)
+        print_table(summary)
+    return summary
+
+
+def baselines(cfg, ds, seconds: float, rt) -> dict:
+    """Reference numbers on rank 0: least squares, and for non-backprop methods Adam
+    backpropagation on the same network for the same wall-clock (all the node's cores)."""
+    out = {}
+    ls = least_squares_scores(ds)
+    if ls:
+        out["least_squares"] = ls
+    if cfg.train.algo != "backprop":
+        from radmm_hpc.baselines import backprop_for_seconds
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+        try:
+            out["backprop_adam_same_wall_clock"] = backprop_for_seconds(cfg, ds, seconds, rt.device)
+        finally:
+            torch.set_num_threads(threads)
+    return out
+
+
+def print_table(summary: dict) -> None:
+    rows = [(summary["algo"], summary)] + list(summary.get("baselines", {}).items())
+    cols = [c for c in ("train_loss", "test_loss", "train_mse", "test_mse", "train_r2", "test_r2",
+                        "train_accuracy", "test_accuracy") if c in summary]
+    print(f"\nrun {summary['run_dir']}: {summary['iters']} iterations on {summary['world_size']} "
+          f"rank(s) in {summary['wall_s']:.1f} s (scores by a forward pass)")
+    print(f"{'method':<32}" + "".join(f"{c:>15}" for c in cols))
+    for name, r in rows:
+        print(f"{name:<32}" + "".join(f"{r[c]:>15.4f}" if isinstance(r.get(c), float) else f"{'-':>15}"
+                                       for c in cols))

@@ -1,0 +1,70 @@
+"""model.h5: the trained network in a plain, documented HDF5 layout (see docs/outputs.md).
+
+    /layers/<l>/weight   (out, in) float array, l = 1..L
+    /layers/<l>/bias     (out,)     (layer 1: the input bias; other layers: zeros)
+    /preprocess/x_mean, x_std [, y_mean, y_std]
+    attributes on /: format, arch, width, depth, d_in, d_out, activation, task, n_classes,
+    input_bias, data
+
+Layer l computes V_l = R_l V_{l-1} + σ(W_l V_{l-1} + b_l) with R_1 = 0, R_l = I for 1 < l < L,
+and the output layer V_L = W_L V_{L-1} + b_L. Nothing is pickled; only arrays and attributes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import h5py
+import numpy as np
+import torch
+
+from radmm_hpc.errors import UserError
+
+FORMAT = "radmm_hpc.model/1"
+
+
+def save_model(path: str, weights, cfg, ds) -> None:
+    m = cfg.model
+    tmp = path + ".tmp"
+    with h5py.File(tmp, "w") as fh:
+        fh.attrs.update({"format": FORMAT, "arch": m.arch, "width": m.width, "depth": m.depth,
+                         "d_in": ds.d_in, "d_out": ds.d_out, "activation": m.activation,
+                         "task": ds.task, "n_classes": ds.n_classes, "data": cfg.data.name,
+                         "input_bias": bool(m.input_bias)})
+        for l, W in enumerate(weights, start=1):
+            W = W.detach().cpu().double().numpy()
+            g = fh.create_group(f"layers/{l}")
+            if l == 1 and m.input_bias:
+                g["weight"], g["bias"] = W[:, :-1], W[:, -1]
+            else:
+                g["weight"], g["bias"] = W, np.zeros(W.shape[0])
+        pre = fh.create_group("preprocess")
+        pre["x_mean"], pre["x_std"] = ds.x_mean, ds.x_std
+        if ds.task == "regression":
+            pre["y_mean"], pre["y_std"] = ds.y_mean, ds.y_std
+    os.replace(tmp, path)
+
+
+def load_model(path: str, dtype=torch.float64):
+    """Returns (weights with the input bias folded into W_1, attributes)."""
+    if not os.path.isfile(path):
+        raise UserError(f"model file not found: {path}")
+    try:
+        fh = h5py.File(path, "r")
+    except OSError:
+        raise UserError(f"{path}: not an HDF5 file") from None
+    with fh:
+        attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in fh.attrs.items()}
+        if attrs.get("format") != FORMAT:
+            raise UserError(f"{path}: not a radmm_hpc model file (format {attrs.get('format')!r})")
+        weights = []
+        n = len(fh["layers"])
+        for l in range(1, n + 1):
+            W = np.asarray(fh[f"layers/{l}/weight"][()])
+            b = np.asarray(fh[f"layers/{l}/bias"][()])
+            if l == 1 and attrs.get("input_bias", True):
+                W = np.hstack([W, b[:, None]])
+            elif np.any(b != 0):
+                raise UserError(f"{path}: layer {l} has a bias, which FCResNet does not support")
+            weights.append(torch.as_tensor(W, dtype=dtype))
+    return weights, attrs

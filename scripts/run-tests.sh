@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Set up (idempotent) and run every test: the serial suite, then the MPI suite at 2, 3, 4 and 8
+# ranks. Every mpiexec runs under `timeout` and `python -m mpi4py` (an uncaught error on one rank
+# aborts the job), so no hang can outlive its limit.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup-env.sh || exit 1
+export PATH="$PWD/.venv/bin:$PATH"
+export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
+status=0
+timeout 1800 python -m pytest tests -q -p no:cacheprovider || status=1
+for n in 2 3 4 8; do
+    echo "== MPI suite on $n ranks"
+    timeout 900 mpiexec -n "$n" python -m mpi4py -m pytest tests -q -p no:cacheprovider \
+        --with-mpi -m mpi || status=1
+done
+[ "$status" = 0 ] && echo "all test runs passed" || echo "SOME TEST RUNS FAILED"
+exit "$status"
