@@ -241,8 +241,6 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     _positive("checkpoint.every", c.every, strict=False)
     _positive("checkpoint.every_seconds", c.every_seconds, strict=False)
     _positive("checkpoint.keep", c.keep)
-    if t.world_size and t.world_size != world_size:
-        raise ConfigError(f"train.world_size = {t.world_size} but the job has {world_size} ranks")
     if t.algo == "radmm":
         if m.activation != "relu" and r.variant == "proximal":
             raise ConfigError("radmm.variant = proximal needs model.activation = relu "
