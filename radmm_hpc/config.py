@@ -242,9 +242,10 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     _positive("checkpoint.every_seconds", c.every_seconds, strict=False)
     _positive("checkpoint.keep", c.keep)
     if t.algo == "radmm":
-        if m.activation != "relu" and r.variant == "proximal":
-            raise ConfigError("radmm.variant = proximal needs model.activation = relu "
-                              "(use radmm.variant = linearized for smooth activations)")
+        if m.activation != "relu":
+            raise ConfigError("RADMM's block updates are written for model.activation = relu")
+        if not m.input_bias:
+            raise ConfigError("RADMM needs model.input_bias = true (the bias row of layer 1)")
         regions = world_size
         if r.schedule in ("serial", "serial-redblack"):
             if world_size != 1:

@@ -8,17 +8,6 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_configure(config):
-    # Under mpiexec only rank 0 reports, so the log is not N interleaved copies. Assertions are
-    # made rank-consistent (reduced first), so rank 0 fails whenever any rank would.
-    if config.getoption("--with-mpi", default=False):
-        from mpi4py import MPI
-        if MPI.COMM_WORLD.Get_rank() != 0:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, 1)
-
-
 def run_cli(args, ranks=1, timeout=120, cwd=None, env_extra=None):
     """Run `python -m radmm_hpc ARGS` (under mpiexec when ranks > 1). Returns (proc, seconds)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
