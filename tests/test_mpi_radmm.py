@@ -1,0 +1,87 @@
+"""RADMM across MPI ranks: two-colour exactness, Jacobi convergence, bytes and memory per rank."""
+
+import math
+
+import pytest
+
+from conftest import mpi_all
+from radmm_helpers import owned_tensors, rel_err, small_cfg, tensor_bytes, trainer
+
+
+def _depth_not_divisible(P):
+    return 2 * P + 1 if P > 1 else 3     # 5, 7, 9, 17 hidden layers for P = 2, 3, 4, 8
+
+
+@pytest.mark.mpi(min_size=2)
+def test_two_colour_equals_serial_redblack():
+    from mpi4py import MPI
+    P = MPI.COMM_WORLD.Get_size()
+    depth = _depth_not_divisible(P)
+    par = trainer(small_cfg(depth=depth, schedule="two-colour"), MPI.COMM_WORLD)
+    ser = trainer(small_cfg(depth=depth, schedule="serial-redblack", regions=P))
+    for it in range(6):
+        par.step(it)
+        ser.step(it)
+    names = dict(owned_tensors(ser))
+    worst = max(rel_err(t, names[k]) for k, t in owned_tensors(par))
+    m_par, m_ser = par.metrics(), ser.metrics()
+    ok = worst <= 1e-10 and abs(m_par["lagrangian"] - m_ser["lagrangian"]) <= 1e-10 * abs(m_ser["lagrangian"])
+    assert mpi_all(ok), worst
+
+
+@pytest.mark.mpi(min_size=2)
+def test_jacobi_converges_like_serial():
+    from mpi4py import MPI
+    P = MPI.COMM_WORLD.Get_size()
+    depth = _depth_not_divisible(P)
+    kw = dict(depth=depth, width=8, n=64, omega=0.05, beta_b=1.0)
+    par = trainer(small_cfg(schedule="jacobi", **kw), MPI.COMM_WORLD)
+    ser = trainer(small_cfg(schedule="serial", **kw))
+    # Both runs still descend at this point and follow different block orders on a non-convex
+    # problem: Jacobi ends from 9% below (P = 3) to 1% above (P = 2) the serial loss (measured,
+    # docs/radmm.md). The check: never more than 5% worse than serial, boundary consensus reached.
+    iters = 300
+    for it in range(iters):
+        par.step(it)
+        ser.step(it)
+    mp, ms = par.metrics(), ser.metrics()
+    ok = mp["boundary_residual"] < 1e-3 and mp["train_loss"] <= 1.05 * ms["train_loss"]
+    assert mpi_all(ok), (mp["boundary_residual"], mp["train_loss"], ms["train_loss"])
+
+
+@pytest.mark.mpi(min_size=2)
+def test_jacobi_bytes_per_iteration_exact():
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    P, r = comm.Get_size(), comm.Get_rank()
+    d, n = 8, 80
+    tr = trainer(small_cfg(depth=_depth_not_divisible(P), width=d, n=n, schedule="jacobi"), comm)
+    N = tr.N
+    before = tr.comm.p2p_sent
+    for it in range(3):
+        tr.step(it)
+    sent = tr.comm.p2p_sent - before
+    total = comm.allreduce(sent)
+    # per boundary and iteration: V forward (d×N) and (Q, M) back (2·d×N)
+    assert mpi_all(total == 3 * (P - 1) * (1 + 2) * d * N * 8), (total, P, d, N)
+    mine = (d * N * 8 if r < P - 1 else 0) + (2 * d * N * 8 if r > 0 else 0)
+    assert mpi_all(sent == 3 * mine)
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("schedule", ["jacobi", "two-colour"])
+def test_memory_per_rank_falls_as_one_over_p(schedule):
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    P = comm.Get_size()
+    depth, d, n = 8 * P, 8, 64     # P divides depth: regions of equal size
+    cfg = small_cfg(depth=depth, width=d, n=n, schedule=schedule)
+    par = trainer(cfg, comm)
+    ser = trainer(small_cfg(depth=depth, width=d, n=n))
+    N = par.N
+    mine, serial = tensor_bytes(par), tensor_bytes(ser)
+    # X, Y sit on one rank each; boundary buffers: at most 5 d×N blocks and one d×d matrix
+    boundary = (5 * d * N + d * d) * 8
+    io = (ser.st["X"].numel() + ser.st["Y"].numel()) * 8
+    ok = mine <= serial / P + boundary + io and comm.allreduce(mine) >= serial - io
+    assert mpi_all(ok), (mine, serial, P)
