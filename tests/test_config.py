@@ -23,7 +23,8 @@ def test_precedence_flags_over_toml_over_defaults(tmp_path):
 
 
 def test_set_coerces_types():
-    cfg = resolve(["--set", "radmm.gamma=2.5", "--set", "model.input_bias=false", "--set", "train.seed=0x10"])
+    cfg = resolve(["--algo", "backprop", "--set", "radmm.gamma=2.5", "--set", "model.input_bias=false",
+                   "--set", "train.seed=0x10"])
     assert cfg.radmm.gamma == 2.5 and cfg.model.input_bias is False and cfg.train.seed == 16
 
 
@@ -82,3 +83,11 @@ def test_render_round_trip(tmp_path):
     f = tmp_path / "c.toml"
     f.write_text(render_toml(cfg.to_dict()))
     assert resolve(["--config", str(f)]).to_dict() == cfg.to_dict()
+
+
+def test_radmm_needs_relu_and_input_bias():
+    with pytest.raises(ConfigError, match="relu"):
+        resolve(["--set", "model.activation=tanh"])
+    with pytest.raises(ConfigError, match="input_bias"):
+        resolve(["--set", "model.input_bias=false"])
+    resolve(["--algo", "backprop", "--set", "model.activation=tanh"])
