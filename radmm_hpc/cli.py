@@ -21,7 +21,7 @@ COMMANDS = ("train", "eval", "report", "inspect")
 # flag -> config key
 FLAG_KEYS = {"algo": "train.algo", "data": "data.name", "model": "model.arch", "iters": "train.iters",
              "seed": "train.seed", "device": "train.device", "dtype": "train.dtype",
-             "run_dir": "train.run_dir"}
+             "run_dir": "train.run_dir", "checkpoint_every": "checkpoint.every"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int)
     t.add_argument("--device", choices=("auto", "cpu", "cuda"))
     t.add_argument("--dtype", choices=("float32", "float64"))
+    t.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, metavar="N",
+                   help="write a checkpoint every N iterations (checkpoint.every; 0 = off)")
+    t.add_argument("--resume", metavar="auto|PATH",
+                   help="resume from a checkpoint: 'auto' = the newest good one in the run directory "
+                   "(none: start fresh), or a ckpt-NNNNNN directory (its run directory is the default "
+                   "--run-dir)")
     t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     e = sub.add_parser("eval", help="score a trained model by a forward pass")
     e.add_argument("run_dir", metavar="RUN_DIR")
@@ -145,11 +151,17 @@ def main(argv=None) -> int:
 def cmd_train(args, rt) -> int:
     from radmm_hpc.runtime import agree, bind_device, check_world_size, pin_threads
     from radmm_hpc.config import Config as _C
+    if args.resume not in (None, "auto") and not args.run_dir:
+        # resuming a named checkpoint: keep writing into its run directory
+        args.run_dir = os.path.dirname(os.path.normpath(args.resume.removesuffix("manifest.json")))
     if rt.is_root:
         cfg_dict = agree(rt, lambda: resolve_config(args, rt.size).to_dict())
     else:
         cfg_dict = agree(rt, lambda: None)
     cfg = _C.from_dict(rt.comm.bcast_obj(cfg_dict))
+    if args.resume == "auto" and not cfg.train.run_dir:
+        from radmm_hpc.runtime import CollectiveError
+        raise CollectiveError("--resume auto needs the run directory: --run-dir DIR (or train.run_dir)", 2)
     if args.print_config:
         if rt.is_root:
             print(render_toml(cfg.to_dict()), end="")
@@ -163,7 +175,7 @@ def cmd_train(args, rt) -> int:
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True)
     from radmm_hpc.loop import train
-    train(cfg, rt)
+    train(cfg, rt, resume=args.resume)
     return 0
 
 

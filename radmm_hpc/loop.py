@@ -1,8 +1,10 @@
 """The shared training loop: every method is a Trainer driven from here.
 
-Per iteration: step, (every log_every) metrics and a progress line, a signal agreement.
-At the end rank 0 scores the exported network by a forward pass, runs the reference baselines,
-and writes model.h5 and summary.json.
+Per iteration: step, (every log_every) metrics and a progress line, one agreement on signals and
+time-based checkpoints, and (every checkpoint.every) a checkpoint (checkpoint.py). A signal
+(SIGUSR1/SIGTERM) writes a checkpoint on every rank and exits with status 3; `resume` restores a
+checkpoint before the first step. At the end rank 0 scores the exported network by a forward
+pass, runs the reference baselines, and writes model.h5 and summary.json.
 """
 
 from __future__ import annotations
@@ -59,20 +61,49 @@ def write_json(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
-def train(cfg, rt) -> dict | None:
+def _trim_metrics(path: str, upto: int) -> None:
+    """On resume: drop metrics lines of iterations after the checkpoint (they will be redone)."""
+    if not os.path.isfile(path):
+        return
+    keep = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                if int(json.loads(line)["iter"]) <= upto:
+                    keep.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.writelines(keep)
+    os.replace(tmp, path)
+
+
+def train(cfg, rt, resume: str | None = None) -> dict | None:
+    from radmm_hpc.checkpoint import Checkpointer
     ds = agree(rt, load_dataset, cfg.data)
     run_dir = prepare_run_dir(cfg, rt)
     trainer = agree(rt, trainer_class(cfg.train.algo), cfg, rt, ds)
     root = rt.is_root
+    ckpt = Checkpointer(cfg, rt, run_dir, trainer)
+    resumed = ckpt.resume(resume) if resume else None
     if root:
         with open(os.path.join(run_dir, "config.toml"), "w", encoding="utf-8") as fh:
             fh.write(render_toml(cfg.to_dict()))
+        if resumed:
+            _trim_metrics(os.path.join(run_dir, "metrics.jsonl"), resumed["iteration"])
     log = MetricsLog(os.path.join(run_dir, "metrics.jsonl") if root else None)
     progress = Progress(cfg.train.iters, root, cfg.train.progress_seconds)
     comm, t = rt.comm, cfg.train
     iter_times, step_bytes = [], 0
-    t_start = time.perf_counter()
-    it = 0
+    it, wall0, bytes_from = 0, 0.0, 0
+    if resumed:
+        it, wall0, step_bytes = resumed["iteration"], resumed["wall_s"], resumed["step_bytes"]
+        bytes_from = resumed["bytes_from"]
+    t_start = time.perf_counter() - wall0
+
+    def loop_state():
+        return {"wall_s": time.perf_counter() - t_start, "step_bytes": step_bytes}
     try:
         while it < t.iters:
             b0, t0 = comm.bytes_sent, time.perf_counter()
@@ -97,8 +128,13 @@ def train(cfg, rt) -> dict | None:
                 shown = {k: m[k] for k in ("train_loss", "test_loss", "test_r2", "test_accuracy") if k in m}
                 progress.update(it, shown, force=last)
                 stop = bool(m.get("converged", 0.0))
-            if comm.agree_flag(rt.signals.received):
-                raise Preempted(f"stopped by a signal at iteration {it}")
+            # one agreement: 2 = a signal on some rank, 1 = rank 0's checkpoint clock ran out
+            flag = comm.agree_flag((2 if rt.signals.received else 0) | int(ckpt.time_due()))
+            if flag >= 2:
+                path = ckpt.save(it, loop_state())
+                raise Preempted(f"stopped by a signal at iteration {it}; checkpoint {path} written")
+            if flag or ckpt.iter_due(it):
+                ckpt.save(it, loop_state())
             if stop:
                 break
     finally:
@@ -106,7 +142,7 @@ def train(cfg, rt) -> dict | None:
         log.close()
     wall = time.perf_counter() - t_start
     weights = trainer.export_weights()
-    bytes_per_iter = comm.reduce_scalars({"b": step_bytes / max(1, it)}, "max")["b"]
+    bytes_per_iter = comm.reduce_scalars({"b": step_bytes / max(1, it - bytes_from)}, "max")["b"]
     rss = comm.reduce_scalars({"rss": peak_rss_mb()}, "max")["rss"]
     summary = None
     if root:
@@ -114,7 +150,7 @@ def train(cfg, rt) -> dict | None:
         scores = score_weights(weights, ds, cfg.model.activation, cfg.model.input_bias)
         summary = {"algo": t.algo, "data": cfg.data.name, "model": cfg.model.arch,
                    "world_size": rt.size, "iters": it, "wall_s": wall,
-                   "time_per_iter_s": statistics.median(iter_times),
+                   "time_per_iter_s": statistics.median(iter_times) if iter_times else 0.0,
                    **scores, "bytes_sent_per_iter": bytes_per_iter, "peak_rss_mb": rss,
                    "run_dir": run_dir}
         if t.compare:

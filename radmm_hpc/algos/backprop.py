@@ -101,5 +101,8 @@ class BackpropTrainer(Trainer):
         for i, p in enumerate(params):
             keys = [k for k in state if k.startswith(f"opt/{i}/")]
             if keys:
-                self.opt.state[p] = {k.split("/")[-1]: torch.as_tensor(state[k], device=self.device)
-                                     for k in keys}
+                # Adam's 'step' stays a CPU tensor (as torch keeps it); moments go to the device
+                self.opt.state[p] = {
+                    k.split("/")[-1]: torch.as_tensor(state[k]).clone().to(
+                        "cpu" if k.endswith("/step") else self.device)
+                    for k in keys}
