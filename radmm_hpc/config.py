@@ -87,8 +87,8 @@ class RadmmCfg:
 @dataclass
 class CheckpointCfg:
     every: int = 0                # iterations between checkpoints (0 = off)
-    every_seconds: float = 0.0    # seconds between checkpoints (0 = off)
-    keep: int = 3
+    every_seconds: float = 300.0  # seconds between checkpoints, by rank 0's clock (0 = off)
+    keep: int = 3                 # complete checkpoints kept in the run directory (docs/checkpoints.md)
 
 
 @dataclass
