@@ -514,9 +514,8 @@ class Checkpointer:
             if tuple(state[k].shape) != tuple(a.shape):
                 raise CheckpointError(f"{path}: dataset trainer/{k} has shape {tuple(state[k].shape)}, "
                                       f"this run expects {tuple(a.shape)}")
-        for k in state:
-            if k not in fresh and not k.startswith(("opt/", "tau/", "jacobi/", "W/", "U/", "V/")):
-                raise CheckpointError(f"{path}: unexpected dataset trainer/{k}")
+        # keys a fresh Trainer lacks (optimizer moments, step sizes, best iterate, ...) are the
+        # Trainer's own business: load_state reads what it knows
 
 
 def _unlink(p: str) -> None:
@@ -530,7 +529,7 @@ def _unlink(p: str) -> None:
 def remap_radmm(tr, m: dict, old_state) -> Dict[str, np.ndarray]:
     """This rank's RADMM state for a new partition, from the old ranks' states.
 
-    Layers (W, U, V, their step sizes) come from their old owners; the output group (W_L, V_L,
+    Layers (W, U, V, their step sizes, the best iterate's W) come from their old owners; the output group (W_L, V_L,
     Λ) from the old last rank. Two-colour boundary copies are the owners' current values (which
     equal the copies at an iteration boundary). Jacobi boundary copies and duals: where a new
     boundary starts at the same layer as an old one, (Q, M) and its step size carry over; at a
@@ -557,9 +556,9 @@ def remap_radmm(tr, m: dict, old_state) -> Dict[str, np.ndarray]:
             if f"{n}/{l}" in src:
                 out[f"{n}/{l}"] = src[f"{n}/{l}"]
         if taus:
-            for n in ("W", "V"):
-                if f"tau/{n}/{l}" in src:
-                    out[f"tau/{n}/{l}"] = src[f"tau/{n}/{l}"]
+            for k in (f"tau/W/{l}", f"tau/V/{l}", f"best/W/{l}"):
+                if k in src:
+                    out[k] = src[k]
 
     def boundary(s: int):
         """(Q, M, tau) for a boundary whose region starts at hidden layer s."""
@@ -573,6 +572,8 @@ def remap_radmm(tr, m: dict, old_state) -> Dict[str, np.ndarray]:
 
     for l in tr.own_layers():
         layer(l)
+    if "best/loss" in old_state(0):       # keep_best: the loss is the same on every rank
+        out["best/loss"] = old_state(0)["best/loss"]
     if tr.last:
         out["Lam"] = old_state(P_old - 1)["Lam"]
     if tr.P > 1 and tr.schedule == "two-colour":
