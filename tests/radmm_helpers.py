@@ -15,6 +15,8 @@ def small_cfg(depth=5, width=8, schedule="serial", n=96, **radmm):
     cfg.model.width, cfg.model.depth, cfg.model.init_scale = width, depth, 0.3
     cfg.data.name, cfg.data.n_samples, cfg.data.n_features = "synthetic-regression", n, 4
     cfg.radmm.schedule = schedule
+    # the small-problem settings the tests were written for (not the Wine Quality defaults)
+    radmm = dict(dict(lam=1e-4, gamma=1.0, rho=1.0, beta=2.0, omega=1e-3, beta_b=1.0), **radmm)
     for k, v in radmm.items():
         setattr(cfg.radmm, k, v)
     return cfg

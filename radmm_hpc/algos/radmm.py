@@ -83,6 +83,10 @@ class RadmmTrainer(Trainer):
                    "tau": {}, "it": 0}
         self._initial_forward()
         self.succ_sq = 0.0
+        # keep_best: the owned weights of the iterate with the lowest forward-pass training loss
+        # seen at a logging interval (selected on training data only)
+        self.best_loss = math.inf
+        self.best_W = None
 
     # ---- ownership ---------------------------------------------------------------------------
     def owns(self, l: int) -> bool:
@@ -327,13 +331,24 @@ class RadmmTrainer(Trainer):
             out["boundary_residual"] = math.sqrt(tot["bres_sq"] / max(tot["bref_sq"], 1e-300))
         tol = self.cfg.radmm.tol
         out["converged"] = float(tol > 0 and out["successive_diff"] < tol)
+        if self.cfg.radmm.keep_best:
+            if out["train_loss"] < self.best_loss:   # a reduced value: the same on every rank
+                self.best_loss = out["train_loss"]
+                self.best_W = {l: self.st["W"][l - 1].clone() for l in self.own_layers()}
+            out["best_train_loss"] = self.best_loss
         return out
+
+    def _export_W(self, l: int) -> torch.Tensor:
+        return self.best_W[l] if self.best_W is not None else self.st["W"][l - 1]
 
     # ---- export and checkpoint state ---------------------------------------------------------
     def export_weights(self):
-        mine = {f"{l:05d}": self.st["W"][l - 1].detach().cpu().numpy() for l in self.own_layers()}
+        """The network with the best forward-pass training loss (keep_best), else the last one."""
+        if self.cfg.radmm.keep_best and self.best_W is None:
+            self.metrics()      # no logging interval yet: score the current iterate
+        mine = {f"{l:05d}": self._export_W(l).detach().cpu().numpy() for l in self.own_layers()}
         if self.P == 1:
-            return [self.st["W"][l - 1] for l in range(1, self.L + 1)]
+            return [self._export_W(l) for l in range(1, self.L + 1)]
         got = self.comm.gather_arrays(mine)
         if got is None:
             return None
@@ -356,6 +371,10 @@ class RadmmTrainer(Trainer):
                 out[f"jacobi/{name}"] = t.detach().cpu().numpy()
         for (kind, idx), tau in st["tau"].items():
             out[f"tau/{kind}/{idx}"] = np.asarray(tau, dtype=np.float64)
+        if self.best_W is not None:
+            out["best/loss"] = np.asarray(self.best_loss, dtype=np.float64)
+            for l, w in self.best_W.items():
+                out[f"best/W/{l}"] = w.detach().cpu().numpy()
         return out
 
     def load_state(self, state: dict) -> None:
@@ -366,6 +385,7 @@ class RadmmTrainer(Trainer):
             return torch.as_tensor(np.asarray(a), dtype=dt, device=dev).clone()
         for name in ("W", "U", "V"):
             st[name] = [None] * len(st[name])
+        self.best_loss, self.best_W = math.inf, None
         for key, a in state.items():
             parts = key.split("/")
             if parts[0] in ("W", "U", "V"):
@@ -376,5 +396,10 @@ class RadmmTrainer(Trainer):
                 setattr(self, parts[1], t(a))
             elif parts[0] == "tau":
                 st["tau"][(parts[1], int(parts[2]))] = float(np.asarray(a))
+            elif key == "best/loss":
+                self.best_loss = float(np.asarray(a))
+            elif parts[0] == "best":
+                self.best_W = self.best_W or {}
+                self.best_W[int(parts[2])] = t(a)
         if self.schedule == "jacobi" and self.P > 1 and not self.first:
             st["V"][self.s - 2] = None
