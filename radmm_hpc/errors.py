@@ -22,7 +22,3 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     pass
-
-
-class DivergedError(UserError):
-    exit_code = EXIT_DIVERGED

@@ -19,10 +19,10 @@ import torch
 from radmm_hpc.algos import trainer_class
 from radmm_hpc.config import render_toml
 from radmm_hpc.data import load_dataset
-from radmm_hpc.errors import EXIT_PREEMPTED, DivergedError, UserError
+from radmm_hpc.errors import EXIT_DIVERGED, EXIT_PREEMPTED, UserError
 from radmm_hpc.metrics import MetricsLog, Progress, clean, peak_rss_mb
 from radmm_hpc.modelio import save_model
-from radmm_hpc.runtime import agree
+from radmm_hpc.runtime import CollectiveError, agree
 from radmm_hpc.scoring import least_squares_scores, score_weights
 
 
@@ -116,8 +116,13 @@ def train(cfg, rt, resume: str | None = None) -> dict | None:
             if it % t.log_every == 0 or last:
                 m = trainer.metrics()
                 if not _finite(m):
-                    raise DivergedError(f"non-finite loss at iteration {it}: the run diverged "
-                                        f"(lower the learning rate or raise the penalties)")
+                    # the metrics are reduced, so every rank sees this and leaves together
+                    from radmm_hpc.checkpoint import list_checkpoints
+                    last_good = (list_checkpoints(run_dir) or [None])[0] if root else None
+                    raise CollectiveError(f"non-finite loss at iteration {it}: the run diverged (lower the "
+                                          f"learning rate or raise the penalties)"
+                                          + (f"; last good checkpoint: {last_good}" if last_good else ""),
+                                          EXIT_DIVERGED)
                 phases = dict(trainer.phase_s, wait=comm.wait_s)
                 per_rank = comm.allgather_obj(phases)
                 record = {"iter": it, "wall_s": time.perf_counter() - t_start,

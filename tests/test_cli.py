@@ -104,3 +104,13 @@ def test_eval_errors(cli, tmp_path):
     os.makedirs(tmp_path / "r")
     proc, _ = cli(["report", str(tmp_path / "r")])
     assert proc.returncode == 2 and "no metrics.jsonl" in proc.stderr
+
+
+def test_divergence_exits_4_on_every_rank(cli, tmp_path):
+    # an absurd learning rate makes backprop's loss overflow to inf/NaN within a few steps
+    args = ["--algo", "backprop", "--run-dir", str(tmp_path / "d")] + SMALL + [
+        "--set", "backprop.lr=1e12", "--set", "backprop.optimizer=sgd", "--set", "train.log_every=1"]
+    for ranks in (1, 3):
+        proc, secs = cli(args, ranks=ranks, timeout=90)
+        assert proc.returncode == 4, (ranks, proc.returncode, proc.stderr[-1500:])
+        assert "diverged" in proc.stderr and "Traceback" not in proc.stderr and "Abort" not in proc.stderr
