@@ -2,7 +2,8 @@
 
 Runs `mpiexec -n P python -m radmm_hpc` for each P and reads summary.json: median time per
 iteration, parallel efficiency T(1)/(P·T(P)) against the one-rank run, bytes sent per iteration
-(max over ranks) against the formula 3·d·N·itemsize per boundary, and peak memory per rank.
+(max over ranks) against the formula 3·d·N·itemsize per boundary, and peak memory per rank
+(process RSS, and the training state a rank holds: its share of W, U, V, duals, buffers).
 
     python bench/scaling.py --ranks 1 2 --depth 32 --iters 30
 """
@@ -28,7 +29,9 @@ def run(P, args, run_dir):
     if P > 1:
         cmd = [mpiexec, "-n", str(P)] + cmd
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS=str(args.threads))
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if proc.returncode:
+        sys.exit(f"P={P} failed ({proc.returncode}): {proc.stderr[-2000:]}")
     with open(os.path.join(run_dir, "summary.json")) as fh:
         return json.load(fh)
 
@@ -45,7 +48,7 @@ def main():
     item = 4 if args.dtype == "float32" else 8
     base = None
     print(f"{'P':>3} {'s/iter':>9} {'efficiency':>10} {'bytes/iter(max rank)':>21} {'formula':>12} "
-          f"{'peak_rss_mb':>12} {'test_r2':>8}")
+          f"{'peak_rss_mb':>12} {'state_mb':>9} {'test_r2':>8}")
     with tempfile.TemporaryDirectory() as tmp:
         for P in args.ranks:
             s = run(P, args, os.path.join(tmp, f"p{P}"))
@@ -55,7 +58,8 @@ def main():
             # the busiest rank: V forward (d·N) and (Q, M) back (2·d·N); at P = 2 the last rank sends 2·d·N
             formula = (3 if P > 2 else (2 if P == 2 else 0)) * args.width * n_train * item
             print(f"{P:>3} {t:>9.4f} {base / (P * t):>10.2f} {s['bytes_sent_per_iter']:>21.0f} "
-                  f"{formula:>12d} {s['peak_rss_mb']:>12.1f} {s['test_r2']:>8.3f}", flush=True)
+                  f"{formula:>12d} {s['peak_rss_mb']:>12.1f} {s['state_mb_max_rank']:>9.1f} {s['test_r2']:>8.3f}",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -149,6 +149,7 @@ def train(cfg, rt, resume: str | None = None) -> dict | None:
     weights = trainer.export_weights()
     bytes_per_iter = comm.reduce_scalars({"b": step_bytes / max(1, it - bytes_from)}, "max")["b"]
     rss = comm.reduce_scalars({"rss": peak_rss_mb()}, "max")["rss"]
+    state_mb = comm.reduce_scalars({"s": sum(a.nbytes for a in trainer.state().values()) / 2**20}, "max")["s"]
     summary = None
     if root:
         save_model(os.path.join(run_dir, "model.h5"), weights, cfg, ds)
@@ -157,6 +158,7 @@ def train(cfg, rt, resume: str | None = None) -> dict | None:
                    "world_size": rt.size, "iters": it, "wall_s": wall,
                    "time_per_iter_s": statistics.median(iter_times) if iter_times else 0.0,
                    **scores, "bytes_sent_per_iter": bytes_per_iter, "peak_rss_mb": rss,
+                   "state_mb_max_rank": state_mb,
                    "run_dir": run_dir}
         if t.compare:
             summary["baselines"] = baselines(cfg, ds, wall, rt)
