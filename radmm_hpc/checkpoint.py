@@ -158,19 +158,23 @@ def _read_shard(data: bytes, where: str) -> Dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in out.items()}
 
 
+def _read_bytes(path: str, missing: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        raise DamagedCheckpoint(f"{path}: {missing}") from None
+    except OSError as exc:
+        raise DamagedCheckpoint(f"{path}: cannot read: {_oserr(exc)}") from None
+
+
 # ---- manifest -----------------------------------------------------------------------------------
 def read_manifest(ckpt_dir: str) -> dict:
     """Parse and check a checkpoint's manifest. Raises CheckpointError naming the file."""
     path = os.path.join(ckpt_dir, MANIFEST)
     if not os.path.isdir(ckpt_dir):
         raise CheckpointError(f"{ckpt_dir}: not a checkpoint directory")
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
-    except FileNotFoundError:
-        raise DamagedCheckpoint(f"{path}: missing (incomplete or not a checkpoint directory)") from None
-    except OSError as exc:
-        raise DamagedCheckpoint(f"{path}: cannot read: {_oserr(exc)}") from None
+    raw = _read_bytes(path, "missing (incomplete or not a checkpoint directory)")
     try:
         m = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
@@ -203,13 +207,7 @@ def read_shard_bytes(ckpt_dir: str, m: dict, j: int) -> bytes:
     """Shard j's bytes after checking their size and SHA-256 against the manifest."""
     s = m["shards"][j]
     path = os.path.join(ckpt_dir, s["file"])
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except FileNotFoundError:
-        raise DamagedCheckpoint(f"{path}: missing shard") from None
-    except OSError as exc:
-        raise DamagedCheckpoint(f"{path}: cannot read: {_oserr(exc)}") from None
+    data = _read_bytes(path, "missing shard")
     if len(data) != s["bytes"]:
         raise DamagedCheckpoint(f"{path}: truncated or damaged ({len(data)} bytes, the manifest says {s['bytes']})")
     if hashlib.sha256(data).hexdigest() != s["sha256"]:
