@@ -1,0 +1,114 @@
+# jobs/common.sh: shared by the Slurm batch scripts in jobs/ (sourced, not run). See docs/slurm.md.
+#
+# What it does for a job script that calls `radmm_run ARGS...`:
+#   - activates the Python environment $VENV (default: <repository>/.venv, built by
+#     scripts/setup-env.sh); mpirun/mpiexec and python come from it (pip MPICH);
+#   - runs `mpirun -n $SLURM_NTASKS python -m radmm_hpc ARGS --run-dir $RUN_DIR --resume auto
+#     --set train.world_size=$SLURM_NTASKS` in the background and waits for it;
+#     RUN_DIR = $RUNS/slurm-$SLURM_JOB_ID (the job id is stable across requeues, so a requeued job
+#     resumes from the newest good checkpoint of its own run directory);
+#   - traps USR1 (sent by `#SBATCH --signal=B:USR1@...` or `scancel --signal=USR1 --batch`) and TERM
+#     in the batch shell and forwards them to the launcher, which forwards them to every rank; the
+#     ranks agree, write a checkpoint and exit with status 3;
+#   - on status 3 runs `scontrol requeue $SLURM_JOB_ID` (the job needs `#SBATCH --requeue`), so the
+#     job goes back to the queue and continues where it stopped; at most $MAX_RESTARTS times.
+#
+# Variables (set them in the job script before sourcing this file, or in the environment that
+# sbatch exports to the job):
+#   RADMM_HOME    repository root (default: $SLURM_SUBMIT_DIR, i.e. submit from the repository root)
+#   VENV          Python environment to activate (default: $RADMM_HOME/.venv; "" = use PATH as is)
+#   RUNS          parent of the run directories (default: $SLURM_SUBMIT_DIR/runs)
+#   RUN_DIR       the run directory (default: $RUNS/slurm-$SLURM_JOB_ID)
+#   LAUNCHER      "mpirun" (default: mpirun -n $SLURM_NTASKS from $VENV) or "srun" (needs an MPI
+#                 built with Slurm's PMI, see docs/slurm.md)
+#   MPIRUN_FLAGS  extra launcher flags (e.g. "-launcher fork" for hydra on one node)
+#   MAX_RESTARTS  requeue at most this many times (default 50); then exit 3 and stay finished
+#   OMP_NUM_THREADS threads per rank (default: $SLURM_CPUS_PER_TASK, else 1)
+
+_radmm_log() { echo "[radmm-job $(date '+%F %T')] $*" >&2; }
+
+RADMM_HOME=${RADMM_HOME:-${SLURM_SUBMIT_DIR:-$PWD}}
+VENV=${VENV-$RADMM_HOME/.venv}
+RUNS=${RUNS:-${SLURM_SUBMIT_DIR:-$PWD}/runs}
+RUN_DIR=${RUN_DIR:-$RUNS/slurm-${SLURM_JOB_ID:-interactive}}
+LAUNCHER=${LAUNCHER:-mpirun}
+MPIRUN_FLAGS=${MPIRUN_FLAGS:-}
+MAX_RESTARTS=${MAX_RESTARTS:-50}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
+export PYTHONUNBUFFERED=1
+
+if [ -n "$VENV" ]; then
+    if [ ! -f "$VENV/bin/activate" ]; then
+        _radmm_log "error: no Python environment at VENV=$VENV (run scripts/setup-env.sh, or set VENV)"
+        exit 2
+    fi
+    # shellcheck disable=SC1091
+    source "$VENV/bin/activate"
+fi
+
+_RADMM_PID=
+_radmm_forward() {   # $1 = signal name; the launcher forwards it to every rank
+    _radmm_log "received SIG$1: forwarding to the launcher (pid ${_RADMM_PID:-none}); the ranks checkpoint and exit 3"
+    [ -n "$_RADMM_PID" ] && kill "-$1" "$_RADMM_PID" 2>/dev/null
+}
+
+# radmm_run ARGS...: train with ARGS (any `python -m radmm_hpc train` flags); returns only when
+# the application finished with a status other than 3, or when requeueing failed; exits the job.
+radmm_run() {
+    local ntasks=${SLURM_NTASKS:?radmm_run: SLURM_NTASKS is not set (run this under sbatch)}
+    mkdir -p "$RUN_DIR"
+    _radmm_log "job ${SLURM_JOB_ID:-?} restart ${SLURM_RESTART_COUNT:-0} on ${SLURM_JOB_NODELIST:-?}:" \
+        "$ntasks ranks, $OMP_NUM_THREADS thread(s) each, run dir $RUN_DIR, python $(command -v python)"
+    local cmd
+    case "$LAUNCHER" in
+        mpirun) cmd=(mpirun -n "$ntasks") ;;
+        srun) cmd=(srun --kill-on-bad-exit=1) ;;
+        *) _radmm_log "error: LAUNCHER=$LAUNCHER (want mpirun or srun)"; exit 2 ;;
+    esac
+    # shellcheck disable=SC2206
+    cmd+=($MPIRUN_FLAGS python -m radmm_hpc train "$@" --run-dir "$RUN_DIR" --resume auto
+          --set "train.world_size=$ntasks")
+    trap '_radmm_forward USR1' USR1
+    trap '_radmm_forward TERM' TERM
+    _radmm_log "${cmd[*]}"
+    "${cmd[@]}" &
+    _RADMM_PID=$!
+    local status
+    # a trapped signal interrupts `wait` (status > 128 while the launcher still runs): wait again
+    # until the launcher has exited; bash keeps an exited child's status for a later `wait PID`
+    while :; do
+        wait "$_RADMM_PID"
+        status=$?
+        if [ "$status" -gt 128 ] && kill -0 "$_RADMM_PID" 2>/dev/null; then
+            continue
+        fi
+        break
+    done
+    if [ "$status" -gt 128 ]; then   # it may have exited just after the trap: fetch its own status
+        wait "$_RADMM_PID" 2>/dev/null
+        local again=$?
+        [ "$again" -ne 127 ] && status=$again
+    fi
+    _RADMM_PID=
+    case "$status" in
+        0) _radmm_log "finished: $RUN_DIR" ;;
+        2) _radmm_log "bad input (status 2): see the error above" ;;
+        3)
+            if [ "${SLURM_RESTART_COUNT:-0}" -ge "$MAX_RESTARTS" ]; then
+                _radmm_log "preempted (status 3) but already restarted $MAX_RESTARTS times: not requeueing;" \
+                    "resume by hand with RUN_DIR=$RUN_DIR"
+                exit 3
+            fi
+            _radmm_log "preempted (status 3), checkpoint written: scontrol requeue $SLURM_JOB_ID"
+            if scontrol requeue "$SLURM_JOB_ID"; then
+                # Slurm now ends this run of the batch script and queues the job again
+                exit 0
+            fi
+            _radmm_log "scontrol requeue failed (was the job submitted with --requeue?); resume with" \
+                "RUN_DIR=$RUN_DIR sbatch ... (it continues from the checkpoint)"
+            ;;
+        4) _radmm_log "diverged (status 4): the last good checkpoint is kept in $RUN_DIR" ;;
+        *) _radmm_log "failed with status $status (1 = internal error: radmm-hpc-error-rank*.log in $PWD)" ;;
+    esac
+    exit "$status"
+}

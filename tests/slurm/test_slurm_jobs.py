@@ -1,0 +1,219 @@
+"""The job scripts in jobs/ against a real single-node Slurm (docs/slurm.md, "What the test does").
+
+Brings up munged + slurmctld + slurmd from the Debian packages (installed on first use by
+install-slurm.sh) in a temporary directory, as root; skips with the reason when that is impossible.
+Submits jobs/radmm_cpu.sbatch with a tiny float64 RADMM config and checks:
+  - an uninterrupted job completes (status 0, no restart) and writes summary.json and model.h5;
+  - a job sent SIGUSR1 mid-run writes a checkpoint, exits 3, requeues itself, resumes from that
+    checkpoint and completes, with final weights bit-identical to the uninterrupted job's;
+  - launched with srun and no Slurm PMI, the world-size assertion stops the N one-rank jobs
+    (status 2) and the job is not requeued.
+The job's Python environment: $RADMM_SLURM_VENV, else the environment running pytest (in CI
+<repo>/.venv). Every wait has a deadline; teardown stops every daemon by pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+from minislurm import MiniSlurm, SlurmUnavailable, ensure_installed  # noqa: E402
+
+JOBS = os.path.join(ROOT, "jobs")
+RANKS = 2
+# tiny, deterministic, float64: ~1500 iterations take about 10 s on 2 ranks (2 cores)
+TINY = ["--data", "synthetic-regression", "--set", "model.width=8", "--set", "model.depth=4",
+        "--dtype", "float64", "--seed", "7", "--set", "train.deterministic=true",
+        "--set", "train.compare=false", "--iters", "1500", "--checkpoint-every", "50"]
+
+
+def _venv() -> str:
+    if os.environ.get("RADMM_SLURM_VENV"):
+        return os.environ["RADMM_SLURM_VENV"]
+    return sys.prefix if sys.prefix != sys.base_prefix else ""
+
+
+# -- no Slurm needed --------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(f for f in os.listdir(JOBS) if f.endswith((".sbatch", ".sh"))))
+def test_job_scripts_parse_and_declare_requeue(name):
+    path = os.path.join(JOBS, name)
+    proc = subprocess.run(["bash", "-n", path], capture_output=True, text=True, timeout=10)
+    assert proc.returncode == 0, proc.stderr
+    text = open(path).read()
+    assert any(line.startswith(f"# jobs/{name}") for line in text.splitlines()[:2]), "documented at its top"
+    if name.endswith(".sbatch"):
+        assert "#SBATCH --requeue" in text and re.search(r"#SBATCH --signal=B:USR1@\d+", text)
+        assert "jobs/common.sh" in text and "radmm_run " in text
+
+
+# -- a real Slurm -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cluster():
+    try:
+        ensure_installed()
+    except SlurmUnavailable as exc:
+        pytest.skip(str(exc))
+    c = MiniSlurm()
+    try:
+        c.start(timeout=60)
+    except SlurmUnavailable as exc:
+        c.stop()
+        pytest.skip(str(exc))
+    except BaseException:
+        _dump_logs(c)
+        c.stop()
+        raise
+    try:
+        yield c
+    finally:
+        c.stop()
+        if os.environ.get("RADMM_SLURM_KEEP"):
+            print(f"\nSlurm test directory kept: {c.root}")
+        else:
+            shutil.rmtree(c.root, ignore_errors=True)
+
+
+def _dump_logs(c: MiniSlurm) -> None:
+    for name in ("slurmctld.log", "slurmd.log", "munged.out", "slurmctld.out", "slurmd.out"):
+        p = os.path.join(c.logdir, name)
+        if os.path.exists(p):
+            print(f"--- {p} (tail)\n" + open(p, errors="replace").read()[-3000:])
+
+
+class Job:
+    def __init__(self, cluster: MiniSlurm, script: str, args: list[str], ntasks: int = RANKS,
+                 env: dict | None = None, tag: str = "job"):
+        self.cluster = cluster
+        self.tag = tag
+        self.work = os.path.join(cluster.root, "work", tag)
+        os.makedirs(self.work, exist_ok=True)
+        self.env = {"RADMM_HOME": ROOT, "VENV": _venv(), "RUNS": os.path.join(self.work, "runs"),
+                    "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", **(env or {})}
+        self.id = cluster.sbatch([f"--ntasks={ntasks}", f"--job-name={tag}", os.path.join(JOBS, script), *args],
+                                 cwd=self.work, env=self.env)
+        self.run_dir = os.path.join(self.work, "runs", f"slurm-{self.id}")
+        self.t0 = time.monotonic()
+
+    @property
+    def log(self) -> str:
+        """The job's output file (the scripts' --output=slurm-%x-%j.out, appended across restarts)."""
+        p = os.path.join(self.work, f"slurm-{self.tag}-{self.id}.out")
+        return open(p, errors="replace").read() if os.path.exists(p) else ""
+
+    def wait(self, states=frozenset({"COMPLETED"}), timeout: float = 120, on_poll=None) -> dict:
+        try:
+            return self.cluster.wait_for(self.id, set(states), timeout, on_poll=on_poll)
+        except Exception:
+            print(f"--- job {self.id} log\n{self.log}")
+            _dump_logs(self.cluster)
+            raise
+
+
+@pytest.fixture(scope="module")
+def reference(cluster):
+    """The tiny RADMM job, uninterrupted."""
+    job = Job(cluster, "radmm_cpu.sbatch", TINY, tag="reference")
+    info = job.wait(timeout=120)
+    job.seconds = time.monotonic() - job.t0
+    job.info = info
+    return job
+
+
+def _weights(path: str) -> dict:
+    import h5py
+    import numpy as np
+    out = {}
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                out[name] = np.asarray(obj[()])
+        f.visititems(visit)
+    return out
+
+
+def test_cpu_job_completes_and_writes_the_run_directory(reference):
+    info = reference.info
+    assert info["ExitCode"] == "0:0" and info["Restarts"] == "0", info
+    log = reference.log
+    assert f"{RANKS} ranks" in log and "--resume auto" in log and f"train.world_size={RANKS}" in log, log
+    assert "starting fresh" in log and "finished:" in log, log
+    with open(os.path.join(reference.run_dir, "summary.json")) as fh:
+        summary = json.load(fh)
+    assert json.dumps(summary).find("1500") >= 0, summary
+    w = _weights(os.path.join(reference.run_dir, "model.h5"))
+    assert w and all(a.dtype.name == "float64" for a in w.values() if a.dtype.kind == "f"), w.keys()
+    print(f"\nreference job {reference.id}: {reference.seconds:.1f} s from sbatch to COMPLETED")
+
+
+def test_usr1_checkpoints_requeues_and_resumes_bit_identically(cluster, reference):
+    t0 = time.monotonic()
+    job = Job(cluster, "radmm_cpu.sbatch", TINY, tag="preempted")
+    latest = os.path.join(job.run_dir, "latest")
+    # preempt once the first periodic checkpoint exists (the signal handlers are installed by then)
+    job.wait({"RUNNING"}, timeout=60)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(latest):
+        assert time.monotonic() < deadline, f"no checkpoint after 60 s\n{job.log}"
+        assert cluster.job(job.id).get("JobState") == "RUNNING", job.log
+        time.sleep(0.1)
+    cluster.cmd("scancel", "--signal=USR1", "--batch", job.id)
+    t_signal = time.monotonic()
+
+    # the job leaves with status 3 and requeues itself: pending again (or already running), Restarts 1
+    deadline = time.monotonic() + 60
+    while True:
+        info = cluster.job(job.id)
+        if int(info.get("Restarts", "0")) >= 1:
+            break
+        assert info.get("JobState") in ("RUNNING", "COMPLETING", "PENDING"), (info, job.log)
+        assert time.monotonic() < deadline, f"not requeued after 60 s: {info}\n{job.log}"
+        time.sleep(0.2)
+    t_requeued = time.monotonic()
+    m = re.search(r"stopped by a signal at iteration (\d+); checkpoint (\S+) written; exiting with status 3",
+                  job.log)
+    assert m, job.log
+    stopped_at, ckpt = int(m.group(1)), m.group(2)
+    assert 0 < stopped_at < 1500
+    assert "preempted (status 3), checkpoint written: scontrol requeue" in job.log
+    from radmm_hpc.checkpoint import verify
+    assert verify(ckpt)["iteration"] == stopped_at
+    # Slurm holds a requeued job for about 2 minutes (Reason=BeginTime); let it start now
+    if info.get("JobState") == "PENDING":
+        cluster.cmd("scontrol", "update", f"JobId={job.id}", "StartTime=now")
+
+    final = job.wait({"COMPLETED"}, timeout=120)
+    t_done = time.monotonic()
+    assert final["ExitCode"] == "0:0" and final["Restarts"] == "1", final
+    log = job.log
+    assert "restart 1 on" in log, log
+    assert f"resumed from {ckpt} (iteration {stopped_at}" in log, log
+    assert "finished:" in log
+
+    ref, got = _weights(os.path.join(reference.run_dir, "model.h5")), _weights(os.path.join(job.run_dir, "model.h5"))
+    assert sorted(ref) == sorted(got)
+    for k in ref:
+        assert ref[k].dtype == got[k].dtype and ref[k].shape == got[k].shape, k
+        assert ref[k].tobytes() == got[k].tobytes(), f"{k} differs from the uninterrupted run"
+    print(f"\npreempted job {job.id}: signal at {t_signal - t0:.1f} s (iteration {stopped_at}), requeued "
+          f"{t_requeued - t_signal:.1f} s later, completed {t_done - t0:.1f} s after sbatch; "
+          f"weights bit-identical to job {reference.id} ({len(ref)} datasets)")
+
+
+def test_srun_without_slurm_pmi_is_caught_by_the_world_size_check(cluster):
+    # pip MPICH cannot reach this Slurm's PMI (MpiDefault=none): srun starts RANKS one-rank worlds
+    job = Job(cluster, "radmm_cpu.sbatch", TINY, env={"LAUNCHER": "srun"}, tag="srun")
+    info = job.wait({"FAILED"}, timeout=90)
+    assert info["ExitCode"].startswith("2:") and info["Restarts"] == "0", info
+    log = job.log
+    assert f"train.world_size = {RANKS} but this job has 1 ranks" in log, log
+    assert "see docs/slurm.md" in log
