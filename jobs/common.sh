@@ -10,8 +10,10 @@
 #   - traps USR1 (sent by `#SBATCH --signal=B:USR1@...` or `scancel --signal=USR1 --batch`) and TERM
 #     in the batch shell and forwards them to the launcher, which forwards them to every rank; the
 #     ranks agree, write a checkpoint and exit with status 3;
-#   - on status 3 runs `scontrol requeue $SLURM_JOB_ID` (the job needs `#SBATCH --requeue`), so the
-#     job goes back to the queue and continues where it stopped; at most $MAX_RESTARTS times.
+#   - on status 3 after USR1 runs `scontrol requeue $SLURM_JOB_ID` (the job needs `#SBATCH --requeue`),
+#     so the job goes back to the queue and continues where it stopped; at most $MAX_RESTARTS times.
+#     After TERM (scancel, time limit, node shutdown) it checkpoints but does not requeue: requeueing
+#     would undo a user's scancel.
 #
 # Variables (set them in the job script before sourcing this file, or in the environment that
 # sbatch exports to the job):
@@ -47,7 +49,9 @@ if [ -n "$VENV" ]; then
 fi
 
 _RADMM_PID=
+_RADMM_TERM=   # set when the batch shell got SIGTERM: scancel, time limit, node shutdown: no requeue
 _radmm_forward() {   # $1 = signal name; the launcher forwards it to every rank
+    [ "$1" = TERM ] && _RADMM_TERM=1
     _radmm_log "received SIG$1: forwarding to the launcher (pid ${_RADMM_PID:-none}); the ranks checkpoint and exit 3"
     [ -n "$_RADMM_PID" ] && kill "-$1" "$_RADMM_PID" 2>/dev/null
 }
@@ -62,7 +66,7 @@ radmm_run() {
     local cmd
     case "$LAUNCHER" in
         mpirun) cmd=(mpirun -n "$ntasks") ;;
-        srun) cmd=(srun --kill-on-bad-exit=1) ;;
+        srun) cmd=(srun) ;;   # no --kill-on-bad-exit: all ranks exit 3 together after a checkpoint
         *) _radmm_log "error: LAUNCHER=$LAUNCHER (want mpirun or srun)"; exit 2 ;;
     esac
     # shellcheck disable=SC2206
@@ -94,6 +98,13 @@ radmm_run() {
         0) _radmm_log "finished: $RUN_DIR" ;;
         2) _radmm_log "bad input (status 2): see the error above" ;;
         3)
+            if [ -n "$_RADMM_TERM" ]; then
+                # `scontrol requeue` would undo a user's scancel; Slurm's own preemption
+                # (PreemptMode=REQUEUE) requeues the job by itself
+                _radmm_log "stopped by SIGTERM (scancel, time limit or node shutdown) after writing a" \
+                    "checkpoint (status 3): not requeueing; continue with RUN_DIR=$RUN_DIR sbatch ..."
+                exit 3
+            fi
             if [ "${SLURM_RESTART_COUNT:-0}" -ge "$MAX_RESTARTS" ]; then
                 _radmm_log "preempted (status 3) but already restarted $MAX_RESTARTS times: not requeueing;" \
                     "resume by hand with RUN_DIR=$RUN_DIR"

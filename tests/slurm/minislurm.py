@@ -143,6 +143,7 @@ class MiniSlurm:
             "ReturnToService=2",
             "SlurmdParameters=config_overrides",
             "MpiDefault=none",
+            "MailProg=/bin/true",
             "MinJobAge=900",
             "KillWait=10",
             "AccountingStorageType=accounting_storage/none",
@@ -193,7 +194,7 @@ class MiniSlurm:
         left = lambda: max(1.0, deadline - time.monotonic())   # noqa: E731
         self._spawn("munged", [_which("munged") or "munged", "-F", f"--key-file={key}",
                                f"--socket={self.munge_socket}", f"--pid-file={self.munge_dir}/munged.pid",
-                               f"--log-file={self.logdir}/munged.log", f"--seed-file={self.munge_dir}/munged.seed"],
+                               f"--log-file={self.munge_dir}/munged.log", f"--seed-file={self.munge_dir}/munged.seed"],
                     user=munge.pw_uid, group=munge.pw_gid, extra_groups=[])
         _wait(lambda: (self._check_alive("munged"), os.path.exists(self.munge_socket))[1], left(),
               "munged's socket")

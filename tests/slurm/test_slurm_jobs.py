@@ -175,7 +175,7 @@ def test_usr1_checkpoints_requeues_and_resumes_bit_identically(cluster, referenc
         info = cluster.job(job.id)
         if int(info.get("Restarts", "0")) >= 1:
             break
-        assert info.get("JobState") in ("RUNNING", "COMPLETING", "PENDING"), (info, job.log)
+        assert info.get("JobState") in ("RUNNING", "COMPLETING", "REQUEUED", "PENDING"), (info, job.log)
         assert time.monotonic() < deadline, f"not requeued after 60 s: {info}\n{job.log}"
         time.sleep(0.2)
     t_requeued = time.monotonic()
@@ -187,11 +187,13 @@ def test_usr1_checkpoints_requeues_and_resumes_bit_identically(cluster, referenc
     assert "preempted (status 3), checkpoint written: scontrol requeue" in job.log
     from radmm_hpc.checkpoint import verify
     assert verify(ckpt)["iteration"] == stopped_at
-    # Slurm holds a requeued job for about 2 minutes (Reason=BeginTime); let it start now
-    if info.get("JobState") == "PENDING":
-        cluster.cmd("scontrol", "update", f"JobId={job.id}", "StartTime=now")
 
-    final = job.wait({"COMPLETED"}, timeout=120)
+    def no_begin_delay(info):
+        # Slurm holds a requeued job for about 2 minutes (Reason=BeginTime): let it start now
+        if info.get("JobState") == "PENDING" and info.get("Reason") == "BeginTime":
+            cluster.cmd("scontrol", "update", f"JobId={job.id}", "StartTime=now", check=False)
+
+    final = job.wait({"COMPLETED"}, timeout=120, on_poll=no_begin_delay)
     t_done = time.monotonic()
     assert final["ExitCode"] == "0:0" and final["Restarts"] == "1", final
     log = job.log
@@ -217,3 +219,27 @@ def test_srun_without_slurm_pmi_is_caught_by_the_world_size_check(cluster):
     log = job.log
     assert f"train.world_size = {RANKS} but this job has 1 ranks" in log, log
     assert "see docs/slurm.md" in log
+
+
+def test_scancel_checkpoints_and_is_not_requeued(cluster):
+    # SIGTERM (scancel) reaches every process of the job: the ranks checkpoint and exit 3, and the
+    # script must not requeue (that would undo the cancel)
+    job = Job(cluster, "radmm_cpu.sbatch", TINY, tag="cancelled")
+    job.wait({"RUNNING"}, timeout=60)
+    latest = os.path.join(job.run_dir, "latest")
+    deadline = time.monotonic() + 60
+    while not os.path.exists(latest):
+        assert time.monotonic() < deadline, f"no checkpoint after 60 s\n{job.log}"
+        time.sleep(0.1)
+    cluster.cmd("scancel", job.id)
+    deadline = time.monotonic() + 30
+    while "not requeueing" not in job.log:
+        assert time.monotonic() < deadline, f"no 'not requeueing' line after 30 s\n{job.log}"
+        time.sleep(0.2)
+    m = re.search(r"stopped by a signal at iteration (\d+); checkpoint (\S+) written", job.log)
+    assert m, job.log
+    info = job.wait({"CANCELLED"}, timeout=30)
+    time.sleep(2)
+    info = cluster.job(job.id)
+    assert info["JobState"] == "CANCELLED" and info["Restarts"] == "0", info
+    assert "scontrol requeue" not in job.log
