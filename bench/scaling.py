@@ -11,29 +11,20 @@ iteration, parallel efficiency T(1)/(P·T(P)) against the one-rank run, bytes se
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cli_runner import run_cli  # noqa: E402
 
 
 def run(P, args, run_dir):
-    mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    cmd = [sys.executable, "-m", "radmm_hpc", "--iters", str(args.iters), "--run-dir", run_dir,
-           "--set", f"model.depth={args.depth}", "--set", f"model.width={args.width}",
-           "--set", "train.compare=false", "--set", f"train.log_every={args.iters}",
-           "--set", f"radmm.schedule={'jacobi' if P > 1 else 'serial'}", "--dtype", args.dtype]
-    if P > 1:
-        cmd = [mpiexec, "-n", str(P)] + cmd
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS=str(args.threads))
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if proc.returncode:
-        sys.exit(f"P={P} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    with open(os.path.join(run_dir, "summary.json")) as fh:
-        return json.load(fh)
+    return run_cli(["--iters", str(args.iters), "--set", f"model.depth={args.depth}",
+                    "--set", f"model.width={args.width}", "--set", "train.compare=false",
+                    "--set", f"train.log_every={args.iters}",
+                    "--set", f"radmm.schedule={'jacobi' if P > 1 else 'serial'}", "--dtype", args.dtype],
+                   P, run_dir, args.threads)
 
 
 def main():

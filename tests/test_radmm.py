@@ -76,3 +76,16 @@ def test_serial_redblack_is_a_permutation_of_blocks():
     # a different block order gives a different (but valid) iterate
     assert float((a.st["W"][0] - b.st["W"][0]).abs().max()) > 0 or \
         float((a.st["V"][5] - b.st["V"][5]).abs().max()) > 0
+
+
+def test_float32_cholesky_falls_back_to_float64():
+    # a huge rank-one γVVᵀ on a unit diagonal: the float32 factorization fails
+    v = torch.randn(6, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    G = (1e9 * v @ v.T + torch.eye(6, dtype=torch.float64)).float()
+    assert int(torch.linalg.cholesky_ex(G)[1]) != 0
+    B = torch.randn(6, 3, generator=torch.Generator().manual_seed(1))
+    Z = rb._solve_left_spd(G, B)
+    assert Z.dtype == torch.float32 and torch.isfinite(Z).all()
+    # a well-conditioned matrix takes the ordinary path: the exact solution
+    A = torch.eye(6) * 3 + 0.1
+    torch.testing.assert_close(rb._solve_left_spd(A, B), torch.linalg.solve(A, B))

@@ -109,22 +109,40 @@ def _sym_eye(n: int, ref: Tensor) -> Tensor:
 
 
 def _chol(G: Tensor) -> Tensor:
+    """Cholesky factor of an SPD matrix. In float32 a large γVVᵀ (deep nets, large activations)
+    can swamp the diagonal so that the rounded matrix is no longer positive definite: then factor
+    in float64, adding the smallest diagonal shift that works (from 1e-7 of the mean diagonal,
+    doubling), i.e. a slightly larger proximal weight for that one solve."""
     Lc, info = torch.linalg.cholesky_ex(G)
-    if int(info) != 0:  # symmetrise and retry once (round-off in float32)
-        Lc = torch.linalg.cholesky(0.5 * (G + G.T))
-    return Lc
+    if int(info) == 0:
+        return Lc
+    G64 = 0.5 * (G + G.T).double()
+    eye = torch.eye(G.shape[0], dtype=G64.dtype, device=G.device)
+    shift = 0.0
+    step = 1e-7 * float(G64.diagonal().abs().mean()) + 1e-300
+    for _ in range(60):
+        Lc, info = torch.linalg.cholesky_ex(G64 + shift * eye)
+        if int(info) == 0:
+            return Lc
+        shift = step if shift == 0.0 else 2 * shift
+    raise torch.linalg.LinAlgError("RADMM solve: matrix is not positive definite even with a diagonal shift")
+
+
+def _cholesky_solve(B: Tensor, Lc: Tensor) -> Tensor:
+    """Solve with the factor's precision, return in B's dtype."""
+    if Lc.dtype == B.dtype:
+        return torch.cholesky_solve(B, Lc)
+    return torch.cholesky_solve(B.to(Lc.dtype), Lc).to(B.dtype)
 
 
 def _solve_right_spd(B: Tensor, G: Tensor) -> Tensor:
     """Return Z with Z G = B, G symmetric positive definite (Cholesky)."""
-    Lc = _chol(G)
-    return torch.cholesky_solve(B.T.contiguous(), Lc).T
+    return _cholesky_solve(B.T.contiguous(), _chol(G)).T
 
 
 def _solve_left_spd(G: Tensor, B: Tensor) -> Tensor:
     """Return Z with G Z = B, G symmetric positive definite (Cholesky)."""
-    Lc = _chol(G)
-    return torch.cholesky_solve(B, Lc)
+    return _cholesky_solve(B, _chol(G))
 
 
 # ---------------------------------------------------------------------------------------------
