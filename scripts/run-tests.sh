@@ -8,12 +8,19 @@ bash scripts/setup-env.sh || exit 1
 export PATH="$PWD/.venv/bin:$PATH"
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 status=0
-timeout 1800 python -m pytest tests -q -p no:cacheprovider || status=1
+timeout 1800 python -m pytest tests -q -p no:cacheprovider --ignore=tests/slurm || status=1
 for n in 2 3 4 8; do
     echo "== MPI suite on $n ranks"
     # only rank 0 reports (assertions are reduced over ranks, so rank 0 fails when any would)
     timeout 900 mpiexec -n "$n" sh -c '[ "${PMI_RANK:-0}" = 0 ] || exec >/dev/null;
         exec python -m mpi4py -m pytest tests -q -p no:cacheprovider --with-mpi -m mpi' || status=1
 done
+# --- Slurm job scripts (jobs/, tests/slurm, docs/slurm.md) -----------------------------------
+# Brings up a real single-node Slurm (munged, slurmctld, slurmd) inside the test run and submits
+# jobs/radmm_cpu.sbatch, preempts it with SIGUSR1 and checks the requeue and a bit-identical resume.
+# Needs root; installs slurm-wlm and munge with apt on first use; otherwise skips with the reason.
+echo "== Slurm job scripts (tests/slurm)"
+timeout 900 python -m pytest tests/slurm -q -p no:cacheprovider -rs || status=1
+# --- end of the Slurm block ---------------------------------------------------------------------
 [ "$status" = 0 ] && echo "all test runs passed" || echo "SOME TEST RUNS FAILED"
 exit "$status"
