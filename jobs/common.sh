@@ -56,8 +56,8 @@ _radmm_forward() {   # $1 = signal name; the launcher forwards it to every rank
     [ -n "$_RADMM_PID" ] && kill "-$1" "$_RADMM_PID" 2>/dev/null
 }
 
-# radmm_run ARGS...: train with ARGS (any `python -m radmm_hpc train` flags); returns only when
-# the application finished with a status other than 3, or when requeueing failed; exits the job.
+# radmm_run ARGS...: train with ARGS (any `python -m radmm_hpc train` flags). Never returns: exits
+# the batch script with the application's status (0 after a successful requeue).
 radmm_run() {
     local ntasks=${SLURM_NTASKS:?radmm_run: SLURM_NTASKS is not set (run this under sbatch)}
     mkdir -p "$RUN_DIR"
