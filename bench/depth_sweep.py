@@ -35,6 +35,7 @@ def run(depth, args):
     cfg.model.depth, cfg.model.width = depth, args.width
     cfg.data.name = args.data
     cfg.radmm.schedule = "serial"
+    cfg.train.dtype = args.dtype
     if args.init_scale:
         cfg.model.init_scale = args.init_scale
     rt = Runtime(comm=Comm(None))
@@ -71,6 +72,7 @@ def main():
     ap.add_argument("--init-scale", type=float, default=0.0, help="0: the default model.init_scale")
     ap.add_argument("--adam-lr", type=float, default=1e-3)
     ap.add_argument("--sgd-lr", type=float, default=1e-2)
+    ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
