@@ -26,7 +26,7 @@ SCHEDULES = ("serial", "serial-redblack", "two-colour", "jacobi")
 @dataclass
 class TrainCfg:
     algo: str = "radmm"
-    iters: int = 80               # the default job (8 ranks, 2 cores) then ends well within 2 minutes
+    iters: int = 60               # the default job (8 ranks, 2 cores) then ends within 2 minutes
     seed: int = 0
     device: str = "auto"          # auto | cpu | cuda
     dtype: str = "float32"        # float32 | float64
