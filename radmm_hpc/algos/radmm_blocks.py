@@ -384,48 +384,50 @@ def update_Q_lin(W: Tensor, U: Tensor, Vs: Tensor, Us: Tensor, M: Tensor, Vb: Te
 # ---------------------------------------------------------------------------------------------
 # two-splitting blocks (no U; ReLU inside the penalty -> backtracking prox-gradient)
 # ---------------------------------------------------------------------------------------------
+def _backtracked_step(xk: Tensor, grad: Tensor, h, candidate, tau0: float,
+                      max_backtracks: int) -> Tuple[Tensor, float]:
+    """One proximal-gradient step: tau doubles from tau0 until the descent-lemma inequality
+    h(x+) <= h(x^k) + <grad, x+ - x^k> + (tau/2)||x+ - x^k||^2 holds; candidate(tau) gives x+.
+    Returns (x+, tau)."""
+    h0 = h(xk)
+    tau = max(float(tau0), 1e-12)
+    for _ in range(max_backtracks):
+        x = candidate(tau)
+        D = x - xk
+        if h(x) <= h0 + float((grad * D).sum()) + 0.5 * tau * float((D * D).sum()) + 1e-12 * max(1.0, abs(h0)):
+            return x, tau
+        tau *= 2.0
+    return x, tau
+
+
 def update_W_hidden_2s(B: Tensor, Vprev: Tensor, Wk: Tensor, rho: float, lam: float,
                        omega: float, N: int, tau0: float = 1.0,
                        max_backtracks: int = 60) -> Tuple[Tensor, float]:
     """Two-splitting W_l: one prox-gradient step on h(W) = (rho/2)||B - sigma(W V)||^2, B = V_l - R_l V_{l-1}.
 
-    W+ = ((tau+omega) W^k - grad h) / (tau + omega + N lam); tau doubled from tau0 until
-    h(W+) <= h(W^k) + <grad, W+ - W^k> + (tau/2)||W+ - W^k||^2 (descent lemma).  Returns (W+, tau).
+    W+ = ((tau+omega) W^k - grad h) / (tau + omega + N lam), tau by backtracking.  Returns (W+, tau).
     """
+    def h(W):
+        r = B - sigma(W @ Vprev)
+        return 0.5 * rho * float((r * r).sum())
     Z = Wk @ Vprev
-    r = B - sigma(Z)
-    h0 = 0.5 * rho * float((r * r).sum())
-    grad = -rho * ((r * dsigma(Z)) @ Vprev.T)
-    tau = max(float(tau0), 1e-12)
-    for _ in range(max_backtracks):
-        Wn = ((tau + omega) * Wk - grad) / (tau + omega + N * lam)
-        D = Wn - Wk
-        rn = B - sigma(Wn @ Vprev)
-        h1 = 0.5 * rho * float((rn * rn).sum())
-        if h1 <= h0 + float((grad * D).sum()) + 0.5 * tau * float((D * D).sum()) + 1e-12 * max(1.0, abs(h0)):
-            return Wn, tau
-        tau *= 2.0
-    return Wn, tau
+    grad = -rho * (((B - sigma(Z)) * dsigma(Z)) @ Vprev.T)
+    return _backtracked_step(Wk, grad, h, lambda tau: ((tau + omega) * Wk - grad) / (tau + omega + N * lam),
+                             tau0, max_backtracks)
 
 
 def update_V_hidden_2s(P: Tensor, Wn: Tensor, Vn: Tensor, Vk: Tensor, rho: float, omega: float,
                        tau0: float = 1.0, max_backtracks: int = 60) -> Tuple[Tensor, float]:
     """Two-splitting V_l (l <= L-2): coupling h(V) = (rho/2)||Vn - V - sigma(Wn V)||^2 (backtracked),
     (rho/2)||V - P||^2 exact with P = R_l V_{l-1} + sigma(W_l V_{l-1}).  Returns (V+, tau)."""
+    def h(V):
+        r = Vn - V - sigma(Wn @ V)
+        return 0.5 * rho * float((r * r).sum())
     Z = Wn @ Vk
     r = Vn - Vk - sigma(Z)
-    h0 = 0.5 * rho * float((r * r).sum())
     grad = -rho * (r + Wn.T @ (r * dsigma(Z)))
-    tau = max(float(tau0), 1e-12)
-    for _ in range(max_backtracks):
-        V = ((tau + omega) * Vk - grad + rho * P) / (tau + omega + rho)
-        D = V - Vk
-        rn = Vn - V - sigma(Wn @ V)
-        h1 = 0.5 * rho * float((rn * rn).sum())
-        if h1 <= h0 + float((grad * D).sum()) + 0.5 * tau * float((D * D).sum()) + 1e-12 * max(1.0, abs(h0)):
-            return V, tau
-        tau *= 2.0
-    return V, tau
+    return _backtracked_step(Vk, grad, h, lambda tau: ((tau + omega) * Vk - grad + rho * P) / (tau + omega + rho),
+                             tau0, max_backtracks)
 
 
 def update_V_region_last_2s(P: Tensor, Qn: Tensor, Mn: Tensor, Vk: Tensor, rho: float,
@@ -439,20 +441,15 @@ def update_Q_2s(W: Tensor, Vs: Tensor, M: Tensor, Vb: Tensor, Qk: Tensor, rho: f
                 max_backtracks: int = 60) -> Tuple[Tensor, float]:
     """Two-splitting boundary copy: h(Q) = (rho/2)||V_s - Q - sigma(W Q)||^2 backtracked,
     <M, Q> + (beta_b/2)||Q - V_b||^2 exact."""
+    def h(Q):
+        r = Vs - Q - sigma(W @ Q)
+        return 0.5 * rho * float((r * r).sum())
     Z = W @ Qk
     r = Vs - Qk - sigma(Z)
-    h0 = 0.5 * rho * float((r * r).sum())
     grad = -rho * (r + W.T @ (r * dsigma(Z)))
-    tau = max(float(tau0), 1e-12)
-    for _ in range(max_backtracks):
-        Q = ((tau + omega) * Qk - grad - M + beta_b * Vb) / (tau + omega + beta_b)
-        D = Q - Qk
-        rn = Vs - Q - sigma(W @ Q)
-        h1 = 0.5 * rho * float((rn * rn).sum())
-        if h1 <= h0 + float((grad * D).sum()) + 0.5 * tau * float((D * D).sum()) + 1e-12 * max(1.0, abs(h0)):
-            return Q, tau
-        tau *= 2.0
-    return Q, tau
+    return _backtracked_step(
+        Qk, grad, h, lambda tau: ((tau + omega) * Qk - grad - M + beta_b * Vb) / (tau + omega + beta_b),
+        tau0, max_backtracks)
 
 
 # ---------------------------------------------------------------------------------------------
