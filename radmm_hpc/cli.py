@@ -15,7 +15,7 @@ import traceback
 
 from radmm_hpc import __version__
 from radmm_hpc.config import Config, apply_table, load_toml, parse_set, render_toml, set_value, validate
-from radmm_hpc.errors import EXIT_INTERNAL, ConfigError, UserError
+from radmm_hpc.errors import EXIT_INTERNAL, ConfigError, Preempted, UserError
 
 COMMANDS = ("train", "eval", "report", "inspect")
 # flag -> config key
@@ -93,13 +93,12 @@ def _report_user_error(rt, exc) -> int:
 
 
 def main(argv=None) -> int:
-    from radmm_hpc.runtime import CollectiveError, agree, init_world
+    from radmm_hpc.runtime import CollectiveError, init_world, on_root
     argv = sys.argv[1:] if argv is None else argv
     rt = None
     try:
         rt = init_world()
-        args = agree(rt, parse_args, argv) if rt.is_root else agree(rt, lambda: None)
-        args = rt.comm.bcast_obj(args)
+        args = on_root(rt, parse_args, argv)
         if args.command == "train":
             return cmd_train(args, rt)
         if rt.size > 1:
@@ -126,12 +125,11 @@ def main(argv=None) -> int:
             print(f"radmm-hpc: error (rank {rt.rank}): {exc}", file=sys.stderr, flush=True)
             rt.comm.mpi.Abort(code)
         return _report_user_error(rt, exc)
+    except Preempted as exc:   # every rank agreed on the signal and wrote its shard
+        if rt.is_root:
+            print(f"radmm-hpc: {exc}; exiting with status {exc.exit_code} (requeue)", file=sys.stderr)
+        return exc.exit_code
     except Exception as exc:  # noqa: BLE001 - a bug: keep the traceback in a file, end the job
-        from radmm_hpc.loop import Preempted
-        if isinstance(exc, Preempted):
-            if rt.is_root:
-                print(f"radmm-hpc: {exc}; exiting with status {exc.exit_code} (requeue)", file=sys.stderr)
-            return exc.exit_code
         rank = rt.rank if rt else 0
         path = os.path.abspath(f"radmm-hpc-error-rank{rank}.log")
         try:
@@ -149,16 +147,11 @@ def main(argv=None) -> int:
 
 
 def cmd_train(args, rt) -> int:
-    from radmm_hpc.runtime import agree, bind_device, check_world_size, pin_threads
-    from radmm_hpc.config import Config as _C
+    from radmm_hpc.runtime import agree, bind_device, check_world_size, on_root, pin_threads
     if args.resume not in (None, "auto") and not args.run_dir:
         # resuming a named checkpoint: keep writing into its run directory
         args.run_dir = os.path.dirname(os.path.normpath(args.resume.removesuffix("manifest.json")))
-    if rt.is_root:
-        cfg_dict = agree(rt, lambda: resolve_config(args, rt.size).to_dict())
-    else:
-        cfg_dict = agree(rt, lambda: None)
-    cfg = _C.from_dict(rt.comm.bcast_obj(cfg_dict))
+    cfg = Config.from_dict(on_root(rt, lambda: resolve_config(args, rt.size).to_dict()))
     if args.resume == "auto" and not cfg.train.run_dir:
         from radmm_hpc.runtime import CollectiveError
         raise CollectiveError("--resume auto needs the run directory: --run-dir DIR (or train.run_dir)", 2)
@@ -180,14 +173,13 @@ def cmd_train(args, rt) -> int:
 
 
 def cmd_eval(args) -> int:
-    from radmm_hpc.config import Config as _C
     from radmm_hpc.data import load_dataset
     from radmm_hpc.modelio import load_model
     from radmm_hpc.scoring import score_weights
     cfg_path = os.path.join(args.run_dir, "config.toml")
     if not os.path.isfile(cfg_path):
         raise UserError(f"{args.run_dir}: no config.toml (is this a run directory?)")
-    cfg = _C.from_dict(load_toml(cfg_path))
+    cfg = Config.from_dict(load_toml(cfg_path))
     if args.data:
         cfg.data.name = args.data
     weights, attrs = load_model(os.path.join(args.run_dir, "model.h5"))

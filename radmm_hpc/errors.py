@@ -22,3 +22,9 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     pass
+
+
+class Preempted(Exception):
+    """A signal asked the job to stop; a checkpoint was written and the run can be resumed."""
+
+    exit_code = EXIT_PREEMPTED

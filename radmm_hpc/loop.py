@@ -19,17 +19,11 @@ import torch
 from radmm_hpc.algos import trainer_class
 from radmm_hpc.config import render_toml
 from radmm_hpc.data import load_dataset
-from radmm_hpc.errors import EXIT_DIVERGED, EXIT_PREEMPTED, UserError
+from radmm_hpc.errors import EXIT_DIVERGED, Preempted, UserError
 from radmm_hpc.metrics import MetricsLog, Progress, clean, peak_rss_mb
 from radmm_hpc.modelio import save_model
-from radmm_hpc.runtime import CollectiveError, agree
+from radmm_hpc.runtime import CollectiveError, agree, on_root
 from radmm_hpc.scoring import least_squares_scores, score_weights
-
-
-class Preempted(Exception):
-    """A signal asked the job to stop; the run can be resumed."""
-
-    exit_code = EXIT_PREEMPTED
 
 
 def prepare_run_dir(cfg, rt) -> str:
@@ -45,8 +39,7 @@ def prepare_run_dir(cfg, rt) -> str:
         except OSError as exc:
             raise UserError(f"cannot create run directory {path}: {exc.strerror}") from None
         return path
-    path = agree(rt, make) if rt.is_root else agree(rt, lambda: None)
-    return rt.comm.bcast_obj(path)
+    return on_root(rt, make)
 
 
 def _finite(m: dict) -> bool:
@@ -147,9 +140,8 @@ def train(cfg, rt, resume: str | None = None) -> dict | None:
         log.close()
     wall = time.perf_counter() - t_start
     weights = trainer.export_weights()
-    bytes_per_iter = comm.reduce_scalars({"b": step_bytes / max(1, it - bytes_from)}, "max")["b"]
-    rss = comm.reduce_scalars({"rss": peak_rss_mb()}, "max")["rss"]
-    state_mb = comm.reduce_scalars({"s": sum(a.nbytes for a in trainer.state().values()) / 2**20}, "max")["s"]
+    peaks = comm.reduce_scalars({"bytes": step_bytes / max(1, it - bytes_from), "rss": peak_rss_mb(),
+                                 "state": sum(a.nbytes for a in trainer.state().values()) / 2**20}, "max")
     summary = None
     if root:
         save_model(os.path.join(run_dir, "model.h5"), weights, cfg, ds)
@@ -157,8 +149,8 @@ def train(cfg, rt, resume: str | None = None) -> dict | None:
         summary = {"algo": t.algo, "data": cfg.data.name, "model": cfg.model.arch,
                    "world_size": rt.size, "iters": it, "wall_s": wall,
                    "time_per_iter_s": statistics.median(iter_times) if iter_times else 0.0,
-                   **scores, "bytes_sent_per_iter": bytes_per_iter, "peak_rss_mb": rss,
-                   "state_mb_max_rank": state_mb,
+                   **scores, "bytes_sent_per_iter": peaks["bytes"], "peak_rss_mb": peaks["rss"],
+                   "state_mb_max_rank": peaks["state"],
                    "run_dir": run_dir}
         if t.compare:
             summary["baselines"] = baselines(cfg, ds, wall, rt)

@@ -129,3 +129,10 @@ def agree(rt: Runtime, fn, *args, **kwargs):
         if e is not None:
             raise CollectiveError(*e)
     return result
+
+
+def on_root(rt: Runtime, fn, *args, **kwargs):
+    """Run fn on rank 0 only and broadcast its result; a UserError there ends every rank
+    together (through agree), so the other ranks never wait for a broadcast that won't come."""
+    result = agree(rt, fn, *args, **kwargs) if rt.is_root else agree(rt, lambda: None)
+    return rt.comm.bcast_obj(result)
