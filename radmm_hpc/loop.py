@@ -21,9 +21,8 @@ from radmm_hpc.config import render_toml
 from radmm_hpc.data import load_dataset
 from radmm_hpc.errors import EXIT_DIVERGED, Preempted, UserError
 from radmm_hpc.metrics import MetricsLog, Progress, clean, peak_rss_mb
-from radmm_hpc.modelio import save_model
 from radmm_hpc.runtime import CollectiveError, agree, on_root
-from radmm_hpc.scoring import least_squares_scores, score_weights
+from radmm_hpc.scoring import least_squares_scores
 
 
 def prepare_run_dir(cfg, rt) -> str:
@@ -144,8 +143,8 @@ def train(cfg, rt, resume: str | None = None) -> dict | None:
                                  "state": sum(a.nbytes for a in trainer.state().values()) / 2**20}, "max")
     summary = None
     if root:
-        save_model(os.path.join(run_dir, "model.h5"), weights, cfg, ds)
-        scores = score_weights(weights, ds, cfg.model.activation, cfg.model.input_bias)
+        trainer.save_final(os.path.join(run_dir, "model.h5"), weights)
+        scores = trainer.final_scores(weights)
         summary = {"algo": t.algo, "data": cfg.data.name, "model": cfg.model.arch,
                    "world_size": rt.size, "iters": it, "wall_s": wall,
                    "time_per_iter_s": statistics.median(iter_times) if iter_times else 0.0,
@@ -153,7 +152,7 @@ def train(cfg, rt, resume: str | None = None) -> dict | None:
                    "state_mb_max_rank": peaks["state"],
                    "run_dir": run_dir}
         if t.compare:
-            summary["baselines"] = baselines(cfg, ds, wall, rt)
+            summary["baselines"] = baselines(cfg, ds, wall, rt, trainer.backprop_baseline)
     comm.barrier()   # other ranks wait (sleeping, not spinning) while rank 0 runs the baselines
     if root:
         write_json(os.path.join(run_dir, "summary.json"), summary)
@@ -161,14 +160,14 @@ def train(cfg, rt, resume: str | None = None) -> dict | None:
     return summary
 
 
-def baselines(cfg, ds, seconds: float, rt) -> dict:
+def baselines(cfg, ds, seconds: float, rt, with_backprop: bool = True) -> dict:
     """Reference numbers on rank 0: least squares, and for non-backprop methods Adam
     backpropagation on the same network for the same wall-clock (all the node's cores)."""
     out = {}
     ls = least_squares_scores(ds)
     if ls:
         out["least_squares"] = ls
-    if cfg.train.algo != "backprop":
+    if with_backprop and cfg.train.algo != "backprop":
         from radmm_hpc.baselines import backprop_for_seconds
         threads = torch.get_num_threads()
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))

@@ -1,16 +1,19 @@
 """Training methods. Each is a Trainer (see base.py) registered by its --algo name."""
 
+import importlib
+
 from radmm_hpc.algos.base import Trainer
+
+# --algo name -> "module:class" (imported on use, so a method's dependencies load only when chosen)
+REGISTRY = {
+    "radmm": "radmm_hpc.algos.radmm:RadmmTrainer",
+    "backprop": "radmm_hpc.algos.backprop:BackpropTrainer",
+}
 
 
 def trainer_class(name: str):
-    if name == "backprop":
-        from radmm_hpc.algos.backprop import BackpropTrainer
-        return BackpropTrainer
-    if name == "radmm":
-        from radmm_hpc.algos.radmm import RadmmTrainer
-        return RadmmTrainer
-    raise KeyError(name)
+    module, cls = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), cls)
 
 
-__all__ = ["Trainer", "trainer_class"]
+__all__ = ["REGISTRY", "Trainer", "trainer_class"]

@@ -14,7 +14,7 @@ import torch
 
 from radmm_hpc.algos.base import Trainer
 from radmm_hpc.data import shard_range
-from radmm_hpc.models.fcresnet import FCResNet, init_weights
+from radmm_hpc.models import build_model
 from radmm_hpc.scoring import loss_fn, score_weights, tensors_for
 
 
@@ -23,11 +23,9 @@ class BackpropTrainer(Trainer):
 
     def __init__(self, cfg, rt, ds):
         super().__init__(cfg, rt, ds)
-        m, b = cfg.model, cfg.backprop
+        b = cfg.backprop
         gen = torch.Generator().manual_seed(cfg.train.seed)
-        weights = init_weights(ds.d_in, m.width, m.depth, ds.d_out, m.input_bias, m.init_scale,
-                               gen, self.dtype, self.device)
-        self.model = FCResNet(weights, m.activation, m.input_bias)
+        self.model = build_model(cfg, ds, gen, self.dtype, self.device)
         params = list(self.model.parameters())
         if b.optimizer == "adam":
             self.opt = torch.optim.Adam(params, lr=b.lr, weight_decay=b.weight_decay)

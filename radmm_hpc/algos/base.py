@@ -17,9 +17,16 @@ class Trainer:
     metrics()           collective; the same dict of floats on every rank
     export_weights()    collective; the whole network's weight list on rank 0, None elsewhere
     state()/load_state  this rank's checkpoint arrays (numeric only) and their restore
-    """
+
+and, on rank 0 only, after export_weights():
+    final_scores(w)     forward-pass scores of the exported network (train_* and test_*)
+    save_final(path, w) model.h5 (modelio.py's layout for the FCResNet)
+The defaults below are the FCResNet's; a method with another kind of model overrides them.
+`backprop_baseline` says whether the final table shows Adam on the same network beside it.
+"""
 
     name = "base"
+    backprop_baseline = True
 
     def __init__(self, cfg, rt, ds):
         self.cfg, self.rt, self.ds = cfg, rt, ds
@@ -38,6 +45,15 @@ class Trainer:
 
     def export_weights(self) -> Optional[List[torch.Tensor]]:
         raise NotImplementedError
+
+    def final_scores(self, weights) -> Dict[str, float]:
+        from radmm_hpc.scoring import score_weights
+        m = self.cfg.model
+        return score_weights(weights, self.ds, m.activation, m.input_bias)
+
+    def save_final(self, path: str, weights) -> None:
+        from radmm_hpc.modelio import save_model
+        save_model(path, weights, self.cfg, self.ds)
 
     def state(self) -> Dict[str, np.ndarray]:
         raise NotImplementedError

@@ -1,3 +1,20 @@
+"""Models. `build_model` is the one place that turns `model.arch` into an nn.Module; methods that
+train a whole network by gradients (backprop, A-SGD) build it here."""
+
+import torch
+
 from radmm_hpc.models.fcresnet import FCResNet, activation_fn, init_weights, split_layers
 
-__all__ = ["FCResNet", "activation_fn", "init_weights", "split_layers"]
+
+def build_model(cfg, ds, generator: torch.Generator, dtype=torch.float32, device="cpu") -> torch.nn.Module:
+    """The network named by cfg.model.arch for data set `ds`, seeded by `generator` (the same
+    seed gives the same parameters on every rank)."""
+    m = cfg.model
+    if m.arch == "fcresnet":
+        weights = init_weights(ds.d_in, m.width, m.depth, ds.d_out, m.input_bias, m.init_scale,
+                               generator, dtype, device)
+        return FCResNet(weights, m.activation, m.input_bias)
+    raise KeyError(m.arch)
+
+
+__all__ = ["FCResNet", "activation_fn", "build_model", "init_weights", "split_layers"]
