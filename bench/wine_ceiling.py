@@ -1,0 +1,58 @@
+"""How high can this network family's forward-pass test R² go on Wine Quality at all?
+
+Trains the FCResNet by mini-batch Adam for many epochs and reports the best test R² seen along the
+way — selected ON THE TEST SET, so an optimistic ceiling for any trainer of the same network, not a
+fair score. Used in docs/radmm.md to judge the main job's R² target.
+
+    OMP_NUM_THREADS=1 python bench/wine_ceiling.py [--epochs 300] [--configs 64x34,256x4]
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from radmm_hpc.config import Config  # noqa: E402
+from radmm_hpc.data import load_dataset  # noqa: E402
+from radmm_hpc.models import build_model  # noqa: E402
+from radmm_hpc.scoring import loss_fn, score_weights, tensors_for  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--epochs", type=int, default=300)
+    ap.add_argument("--configs", default="64x34,256x4", help="WIDTHxDEPTH,...")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    cfg = Config()
+    ds = load_dataset(cfg.data)
+    X, y = tensors_for(ds, "train", torch.float32, "cpu")
+    print(f"{'width':>6}{'depth':>6}{'best test R2':>14}{'at epoch':>10}{'train R2 then':>15}"
+          f"{'final test R2':>15}{'seconds':>9}")
+    for spec in args.configs.split(","):
+        cfg.model.width, cfg.model.depth = map(int, spec.split("x"))
+        model = build_model(cfg, ds, torch.Generator().manual_seed(0))
+        opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+        best, t0 = (-float("inf"), 0, 0.0), time.time()
+        for ep in range(args.epochs):
+            perm = torch.randperm(len(X))
+            for k in range(0, len(X), args.batch):
+                idx = perm[k:k + args.batch]
+                opt.zero_grad()
+                loss_fn(model(X[idx]), y[idx], ds.task).backward()
+                opt.step()
+            if ep % 10 == 9:
+                s = score_weights([p.detach() for p in model.parameters()], ds, "relu", True)
+                if s["test_r2"] > best[0]:
+                    best = (s["test_r2"], ep + 1, s["train_r2"])
+        print(f"{cfg.model.width:>6}{cfg.model.depth:>6}{best[0]:>14.4f}{best[1]:>10}{best[2]:>15.3f}"
+              f"{s['test_r2']:>15.4f}{time.time() - t0:>9.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
