@@ -450,9 +450,9 @@ class Checkpointer:
         if diff:
             raise CheckpointError(f"{where}: written by another config ({diff})")
         P_old, P = m["world_size"], self.rt.size
-        if P_old != P and self.cfg.train.algo == "radmm" and self.cfg.radmm.schedule in ("serial", "serial-redblack"):
-            raise CheckpointError(f"{where}: written by {P_old} ranks; radmm.schedule = "
-                                  f"{self.cfg.radmm.schedule} cannot resume on {P}")
+        if P_old != P and not self.trainer.elastic_resume():
+            raise CheckpointError(f"{where}: written by {P_old} ranks; --algo {self.cfg.train.algo} in this "
+                                  f"configuration resumes on {P_old} ranks only, not {P}")
         if self.cfg.train.algo == "radmm" and self.cfg.radmm.schedule in ("two-colour", "jacobi"):
             from radmm_hpc.algos.radmm_blocks import partition_hidden
             L = self.cfg.model.depth + 1
@@ -482,10 +482,8 @@ class Checkpointer:
         same = P_old == P
         if same:
             state = part(shard(rt.rank), "trainer/")
-        elif self.cfg.train.algo == "backprop":
-            state = part(shard(0), "trainer/")     # identical replicas
         else:
-            state = remap_radmm(self.trainer, m, lambda j: part(shard(j), "trainer/"))
+            state = self.trainer.remap_state(m, lambda j: part(shard(j), "trainer/"))
         self._check_shapes(path, state)
         self.trainer.load_state(state)
         loop = part(shard(min(rt.rank, P_old - 1)), "loop/")

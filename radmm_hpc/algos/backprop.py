@@ -91,6 +91,12 @@ class BackpropTrainer(Trainer):
                 out[f"opt/{i}/{k}"] = torch.as_tensor(v).detach().cpu().numpy()
         return out
 
+    def elastic_resume(self):
+        return True
+
+    def remap_state(self, manifest, old_shard):
+        return old_shard(0)     # every rank held the same replica
+
     def load_state(self, state):
         params = list(self.model.parameters())
         with torch.no_grad():

@@ -61,6 +61,15 @@ The defaults below are the FCResNet's; a method with another kind of model overr
     def load_state(self, state: Dict[str, np.ndarray]) -> None:
         raise NotImplementedError
 
+    def elastic_resume(self) -> bool:
+        """Whether a checkpoint written by another number of ranks can be resumed (remap_state)."""
+        return False
+
+    def remap_state(self, manifest: dict, old_shard) -> Dict[str, np.ndarray]:
+        """This rank's state from a checkpoint of manifest["world_size"] ranks; old_shard(j) gives
+        the trainer arrays of old rank j. Only called when elastic_resume() is true."""
+        raise NotImplementedError
+
 
 class _PhaseTimer:
     def __init__(self, acc, phase):

@@ -355,6 +355,13 @@ class RadmmTrainer(Trainer):
         merged = {k: v for part in got for k, v in part.items()}
         return [torch.as_tensor(merged[f"{l:05d}"]) for l in range(1, self.L + 1)]
 
+    def elastic_resume(self) -> bool:
+        return self.cfg.radmm.schedule in ("two-colour", "jacobi")
+
+    def remap_state(self, manifest, old_shard):
+        from radmm_hpc.checkpoint import remap_radmm
+        return remap_radmm(self, manifest, old_shard)
+
     def state(self) -> dict:
         st = self.st
         out = {}
