@@ -175,8 +175,10 @@ class DapTrainer(Trainer):
                "train_accuracy": dm.accuracy(self.A, self.Y, x),
                "test_accuracy": dm.accuracy(self.A_te, self.Y_te, x),
                "objective": obj, "snapshot_objective": self.snap_obj,
-               "suboptimality": obj - self.p_star, "data_passes": self.grad_evals / len(self.A),
+               "data_passes": self.grad_evals / len(self.A),
                "nonzeros": float((np.abs(x[:-1]) > 0).sum())}
+        if self.cfg.dap.reference:
+            out["suboptimality"] = obj - self.p_star
         out.update(self.server.stats.summary())
         return out
 

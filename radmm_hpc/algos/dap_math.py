@@ -90,3 +90,18 @@ def accuracy(A, Y, x) -> float:
     if Y.shape[1] == 1:
         return float(((s[:, 0] >= 0) == (Y[:, 0] > 0)).mean())
     return float((s.argmax(1) == Y.argmax(1)).mean())
+
+
+def write_sparse_problem(path: str, n: int = 2000, p: int = 100, density: float = 0.1,
+                         support: int = 10, seed: int = 0) -> None:
+    """A generated sparse problem as an HDF5 data file (--data hdf5:PATH): sparse features
+    (a fraction `density` non-zero), a true weight vector with `support` non-zeros, labels
+    0/1 drawn from the logistic model (a two-class classification task)."""
+    import h5py
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, p)) * (rng.random((n, p)) < density)
+    w = np.zeros(p)
+    w[rng.choice(p, support, replace=False)] = rng.standard_normal(support) * 3.0
+    y = (rng.random(n) < sigmoid(X @ w)).astype(np.int64)
+    with h5py.File(path, "w") as fh:
+        fh["X"], fh["y"] = X, y
