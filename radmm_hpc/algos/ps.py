@@ -25,6 +25,7 @@ the order of updates, and with seeded samplers the iterates, are a function of t
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Dict, List
 
@@ -232,6 +233,8 @@ class WorkerLink:
             (_, tag), = comm.wait_msgs(req, self.timeout, "a message from the parameter server (rank 0)")
             if tag in (PARK, STOP):
                 return tag
+            if os.environ.get("RADMM_HPC_FAIL_WORKER") == str(comm.rank):   # test hook: a failing worker
+                raise RuntimeError(f"injected worker fault on rank {comm.rank} (RADMM_HPC_FAIL_WORKER)")
             reply = app.work(tag, self.inbox, self.out)
             req = [comm.isend_msg(self.out.raw, 0, reply)]
             comm.wait_msgs(req, self.timeout, "the parameter server to take a request", some=False)
