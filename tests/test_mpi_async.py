@@ -4,8 +4,6 @@ deterministic runs, N + resume + N == 2N, DAP-SVRG against DAP-SGD."""
 import os
 import shutil
 import tempfile
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
@@ -28,64 +26,13 @@ def shared_dir():
         shutil.rmtree(path, ignore_errors=True)
 
 
-class _Echo:
-    """Server app: hands out the version, adds nothing; counts pushes per worker."""
-
-    def __init__(self):
-        self.pushes = {}
-
-    def open(self, w, msg):
-        return 11   # PARAMS
-
-    def params(self, w, msg):
-        msg.payload[:] = w
-        return 11
-
-    def push(self, w, msg, scale):
-        assert msg.payload[0] == 10 * w
-        self.pushes[w] = self.pushes.get(w, 0) + 1
-
-
-class _EchoWorker:
-    def __init__(self, rank):
-        self.rank, self.n = rank, 0
-
-    def work(self, tag, inbox, out):
-        from radmm_hpc.algos import ps
-        assert inbox.payload[0] == self.rank
-        out.payload[:] = 10 * self.rank
-        out.hdr[:] = 0
-        out.hdr[ps.VREAD], out.hdr[ps.EPOCH] = inbox.hdr[ps.VERSION], inbox.hdr[ps.EPOCH]
-        self.n += 1
-        return ps.PUSH
-
-
-def start_stop_cycles(mpi_comm, cycles, deterministic=False):
-    """Each cycle: duplicate the communicator, one phase (budget 2W) ending with STOP, free it.
-    Returns True when every cycle applied exactly its budget."""
-    from radmm_hpc.algos import ps
-    from radmm_hpc.comm import Comm
-    pcfg = SimpleNamespace(staleness="none", bound=0, deterministic=deterministic, timeout_s=30.0)
-    base = Comm(mpi_comm)
-    ok = True
-    for c in range(cycles):
-        comm = base.dup()
-        W = comm.size - 1
-        if comm.rank == 0:
-            srv, app = ps.Server(comm, 4, np.float32, pcfg), _Echo()
-            srv.run_phase(app, budget=2 * W + c % 3, final=True)
-            ok = ok and srv.stats.v["updates"] == 2 * W + c % 3 and sum(app.pushes.values()) == 2 * W + c % 3
-        else:
-            link, app = ps.WorkerLink(comm, 4, np.float32, pcfg), _EchoWorker(comm.rank)
-            ok = ok and link.serve(app) == ps.STOP
-        comm.free()
-    return ok
-
-
 @pytest.mark.mpi(min_size=2)
-@pytest.mark.parametrize("deterministic", [False, True])
-def test_start_stop_cycles_never_hang(deterministic):
-    assert mpi_all(start_stop_cycles(_world(), 20, deterministic))
+@pytest.mark.parametrize("deterministic,policy,jitter", [(False, "none", 0.0), (True, "drop", 0.0),
+                                                        (False, "ssp", 0.0005)])
+def test_start_stop_cycles_never_hang(deterministic, policy, jitter):
+    from radmm_hpc.algos.ps_selftest import start_stop_cycles
+    from radmm_hpc.comm import Comm
+    assert mpi_all(start_stop_cycles(Comm(_world()), 20, deterministic, policy, jitter))
 
 
 def _dap_cfg(run_dir, algo="dapsvrg", iters=3, **extra):
@@ -103,12 +50,11 @@ def _asgd_cfg(run_dir, iters=3, **extra):
     return cfg
 
 
-def _replay(tr, cfg, ds, P):
-    """Rank 0: replay the trainer's trace in this process with fresh numerics."""
+def _replay(tr, cfg, ds, P, trace):
+    """Rank 0: replay a trace in this process with fresh numerics; equal to the MPI run?"""
     from radmm_hpc.algos import ps
     from radmm_hpc.algos.asgd import AsgdServer, AsgdWorker, _flat
     from radmm_hpc.algos.dap import DapServer, DapWorker
-    trace = tr.server.trace_array()
     if cfg.train.algo == "asgd":
         import torch
         from radmm_hpc.models import build_model
@@ -137,7 +83,14 @@ def test_replay_reproduces_mpi_iterates_exactly(shared_dir, algo):
     tr = trainer_class(algo)(cfg, runtime(comm), ds)
     for it in range(cfg.train.iters):
         tr.step(it)
-    ok = _replay(tr, cfg, ds, comm.Get_size()) if comm.Get_rank() == 0 else True
+    ok = True
+    if comm.Get_rank() == 0:
+        trace = tr.server.trace_array()
+        ok = _replay(tr, cfg, ds, comm.Get_size(), trace)
+        bad = trace.copy()
+        bad[len(bad) // 2, 4] += 1          # another mini-batch than the one the run used
+        with pytest.raises(AssertionError, match="replay: push"):
+            _replay(tr, cfg, ds, comm.Get_size(), bad)
     assert mpi_all(ok)
 
 
