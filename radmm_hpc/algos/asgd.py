@@ -62,7 +62,7 @@ class AsgdWorker:
         i = torch.as_tensor(idx, device=self.X.device)
         loss = loss_fn(self.model(self.X[i]), self.y[i], self.task)
         loss.backward()
-        return float(loss)
+        return float(loss.detach())
 
     def work(self, tag, inbox: ps.Msg, out: ps.Msg) -> int:
         if tag != ps.PARAMS:
