@@ -146,3 +146,22 @@ def test_dap_svrg_converges_linearly_where_dap_sgd_flattens(shared_dir):
     # linear: every epoch contracts by a steady factor; DAP-SGD is left far behind at the end
     ok = s[-1] < 1e-3 * s[0] and np.all(s[1:] < 0.6 * s[:-1]) and s[-1] < 1e-2 * g[-1] and np.all(s > -1e-12)
     assert mpi_all(ok), (s, g)
+
+
+@pytest.mark.mpi(min_size=3)
+def test_resume_on_another_world_size_is_a_clear_error(shared_dir):
+    from radmm_hpc.loop import train
+    from radmm_hpc.runtime import CollectiveError
+    comm = _world()
+    r, P = comm.Get_rank(), comm.Get_size()
+    run = os.path.join(shared_dir, "ws")
+    train(_dap_cfg(run, iters=2, every=2), runtime(comm))
+    sub = comm.Split(0 if r < P - 1 else 1, r)
+    msg = ""
+    if r < P - 1:
+        try:
+            train(_dap_cfg(run, iters=4), runtime(sub), resume="auto")
+        except CollectiveError as exc:
+            msg = str(exc)
+    sub.Free()
+    assert mpi_all(r == P - 1 or f"written by {P} ranks; the async modes resume on the same number" in msg), msg
