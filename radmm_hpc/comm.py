@@ -176,3 +176,55 @@ class Comm:
                 got[k] = a
             out.append(got)
         return out
+
+    # ---- parameter-server messages (async modes): tagged, fixed-size buffers -----------------
+    # The protocol itself lives in radmm_hpc/algos/ps.py; these are its only MPI calls. Buffers
+    # are numpy arrays (a byte image: header + payload); every wait polls with a deadline so that
+    # a lost peer ends in an error (and the CLI's Abort) instead of a hang.
+    ANY_TAG = -1
+
+    def dup(self) -> "Comm":
+        """A duplicate communicator (own message space) with its own counters."""
+        return Comm(self.mpi.Dup() if self.mpi is not None else None)
+
+    def free(self) -> None:
+        if self.mpi is not None and self.mpi != MPI.COMM_WORLD:
+            self.mpi.Free()
+            self.mpi = None
+
+    def isend_msg(self, buf: np.ndarray, dest: int, tag: int):
+        self.p2p_sent += buf.nbytes
+        return self.mpi.Isend([buf, MPI.BYTE], dest=dest, tag=tag)
+
+    def irecv_msg(self, buf: np.ndarray, source: int, tag: int = -1):
+        self.p2p_recv += buf.nbytes   # messages of one protocol have a fixed size
+        return self.mpi.Irecv([buf, MPI.BYTE], source=source,
+                              tag=MPI.ANY_TAG if tag < 0 else tag)
+
+    def wait_msgs(self, reqs: list, timeout_s: float, what: str, some: bool = True) -> list:
+        """Wait until at least one (some=True) or all of `reqs` (None entries are skipped)
+        complete. Returns [(index, tag)] of the completed ones; their slots are set to None.
+        Raises TimeoutError naming `what` after timeout_s seconds."""
+        live = [i for i, r in enumerate(reqs) if r is not None]
+        if not live:
+            return []
+        t0 = time.perf_counter()
+        done, spins = [], 0
+        while True:
+            for i in live:
+                if reqs[i] is None:
+                    continue
+                st = MPI.Status()
+                if reqs[i].Test(st):
+                    done.append((i, st.Get_tag()))
+                    reqs[i] = None
+            if (some and done) or all(reqs[i] is None for i in live):
+                break
+            spins += 1
+            if spins > 50:   # spin briefly for latency, then sleep (cores go to computing ranks)
+                time.sleep(0.0001 if spins < 2000 else 0.0005)
+            if time.perf_counter() - t0 > timeout_s:
+                raise TimeoutError(f"parameter-server protocol: no progress for {timeout_s:g} s "
+                                   f"waiting for {what} (a rank died or hangs)")
+        self.wait_s += time.perf_counter() - t0
+        return done

@@ -19,7 +19,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-ALGOS = ("radmm", "backprop")
+ALGOS = ("radmm", "backprop", "asgd", "dapsvrg", "dapsgd")
 SCHEDULES = ("serial", "serial-redblack", "two-colour", "jacobi")
 
 
@@ -95,6 +95,41 @@ class CheckpointCfg:
 
 
 @dataclass
+class PsCfg:
+    """The parameter-server protocol of the async modes (asgd, dapsvrg, dapsgd; docs/async.md)."""
+    staleness: str = "none"       # none | drop | scale | ssp (stale-synchronous gating)
+    bound: int = 8                # staleness bound of drop / scale / ssp
+    deterministic: bool = False   # round-robin service + seeded samplers: replayable iterates
+    trace: bool = False           # keep the update trace (always on when deterministic)
+    timeout_s: float = 600.0      # a wait with no progress this long is an error (never a hang)
+
+
+@dataclass
+class AsgdCfg:
+    mode: str = "accumulate"      # accumulate (n_sync local steps, push the update) | gradient
+    n_sync: int = 4               # local steps between pushes (accumulate mode)
+    lr: float = 0.05
+    momentum: float = 0.9
+    batch_size: int = 32          # per worker mini-batch
+    updates_per_iter: int = 16    # server updates per loop iteration
+    warm_start_steps: int = 0     # single-rank SGD steps on rank 0 before the first phase
+    init_model: str = ""          # or start from a model.h5 (an FCResNet of the same shape)
+
+
+@dataclass
+class DapCfg:
+    lam1: float = 1e-3            # elastic net: lam1·|x|_1 + lam2/2·|x|^2 (bias not penalised)
+    lam2: float = 1e-2
+    eta: float = 0.0              # step size; 0 = eta_scale/L/(1 + tau), tau = workers - 1
+    eta_scale: float = 0.1
+    batch_size: int = 8
+    inner: int = 0                # server updates per epoch (= one loop iteration); 0 = n / batch_size
+    threshold: float = 6.0        # regression data: label = target >= threshold (Wine: quality >= 6)
+    sgd_decay: float = 1.0        # dapsgd: eta_s = eta / (1 + sgd_decay·s) at epoch s
+    reference: bool = True        # compute P* (serial accelerated proximal gradient) for suboptimality
+
+
+@dataclass
 class Config:
     train: TrainCfg = field(default_factory=TrainCfg)
     model: ModelCfg = field(default_factory=ModelCfg)
@@ -102,6 +137,9 @@ class Config:
     backprop: BackpropCfg = field(default_factory=BackpropCfg)
     radmm: RadmmCfg = field(default_factory=RadmmCfg)
     checkpoint: CheckpointCfg = field(default_factory=CheckpointCfg)
+    ps: PsCfg = field(default_factory=PsCfg)
+    asgd: AsgdCfg = field(default_factory=AsgdCfg)
+    dap: DapCfg = field(default_factory=DapCfg)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -258,6 +296,27 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         if regions > m.depth:
             raise ConfigError(f"{regions} regions but model.depth = {m.depth} hidden layers: "
                               f"each region needs at least one layer (use at most {m.depth} ranks)")
+    _validate_async(cfg, world_size)
+
+
+def _validate_async(cfg: Config, world_size: int) -> None:
+    """The async modes (ps, asgd, dap sections)."""
+    p, a, dp = cfg.ps, cfg.asgd, cfg.dap
+    _choice("ps.staleness", p.staleness, ("none", "drop", "scale", "ssp"))
+    _positive("ps.bound", p.bound, strict=False)
+    _positive("ps.timeout_s", p.timeout_s)
+    _choice("asgd.mode", a.mode, ("accumulate", "gradient"))
+    for name in ("n_sync", "batch_size", "updates_per_iter", "lr"):
+        _positive(f"asgd.{name}", getattr(a, name))
+    _positive("asgd.momentum", a.momentum, strict=False)
+    _positive("asgd.warm_start_steps", a.warm_start_steps, strict=False)
+    for name in ("lam1", "eta", "inner", "sgd_decay"):
+        _positive(f"dap.{name}", getattr(dp, name), strict=False)
+    for name in ("lam2", "eta_scale", "batch_size"):
+        _positive(f"dap.{name}", getattr(dp, name))
+    if cfg.train.algo in ("asgd", "dapsvrg", "dapsgd") and world_size < 2:
+        raise ConfigError(f"--algo {cfg.train.algo} needs at least 2 ranks (rank 0 is the parameter "
+                          f"server, ranks 1.. are workers): mpirun -n 2 or more")
 
 
 def render_toml(d: dict) -> str:

@@ -8,6 +8,7 @@ from radmm_hpc.algos.base import Trainer
 REGISTRY = {
     "radmm": "radmm_hpc.algos.radmm:RadmmTrainer",
     "backprop": "radmm_hpc.algos.backprop:BackpropTrainer",
+    "asgd": "radmm_hpc.algos.asgd:AsgdTrainer", "dapsvrg": "radmm_hpc.algos.dap:DapTrainer", "dapsgd": "radmm_hpc.algos.dap:DapTrainer",
 }
 
 
