@@ -453,6 +453,9 @@ class Checkpointer:
         if P_old != P and self.cfg.train.algo == "radmm" and self.cfg.radmm.schedule in ("serial", "serial-redblack"):
             raise CheckpointError(f"{where}: written by {P_old} ranks; radmm.schedule = "
                                   f"{self.cfg.radmm.schedule} cannot resume on {P}")
+        if P_old != P and self.cfg.train.algo == "mac":
+            raise CheckpointError(f"{where}: written by {P_old} ranks; mac keeps one data shard per "
+                                  f"rank and resumes on {P_old} ranks only")
         if self.cfg.train.algo == "radmm" and self.cfg.radmm.schedule in ("two-colour", "jacobi"):
             from radmm_hpc.algos.radmm_blocks import partition_hidden
             L = self.cfg.model.depth + 1

@@ -8,6 +8,7 @@ from radmm_hpc.algos.base import Trainer
 REGISTRY = {
     "radmm": "radmm_hpc.algos.radmm:RadmmTrainer",
     "backprop": "radmm_hpc.algos.backprop:BackpropTrainer",
+    "mac": "radmm_hpc.algos.mac:MacTrainer",
 }
 
 
