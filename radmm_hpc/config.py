@@ -232,7 +232,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     _positive("train.log_every", t.log_every)
     _positive("train.progress_seconds", t.progress_seconds)
     _positive("train.world_size", t.world_size, strict=False)
-    _choice("model.arch", m.arch, ("fcresnet",))
+    _choice("model.arch", m.arch, ("fcresnet", "mlp"))
     _positive("model.width", m.width)
     if m.depth < 1:
         raise ConfigError(f"model.depth must be >= 1 hidden layer, got {m.depth}")
@@ -296,6 +296,8 @@ def _validate_mac(cfg: Config, world_size: int) -> None:
     if a.unit_groups > m.width:
         raise ConfigError(f"mac.unit_groups = {a.unit_groups} but a hidden layer has only "
                           f"model.width = {m.width} units")
+    if m.arch == "mlp" and cfg.train.algo not in ("mac", "backprop"):
+        raise ConfigError(f"model.arch = mlp is trained by --algo mac or backprop, not {cfg.train.algo}")
     if cfg.train.algo == "mac" and world_size > 1 and a.shards not in (0, world_size):
         raise ConfigError(f"mac.shards = {a.shards} but the job has {world_size} ranks: ParMAC keeps "
                           f"one shard per rank (use 0, or shards = P only in a serial run)")

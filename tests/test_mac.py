@@ -128,3 +128,30 @@ def test_cli_runs_mac_and_scores_the_nested_model(cli, tmp_path, capsys):
     assert main(["eval", str(tmp_path)]) == 0        # model.h5 is the FCResNet layout
     out = capsys.readouterr().out
     assert f"{s['test_mse']:.6g}" in out, out
+
+
+@pytest.mark.parametrize("arch", ["fcresnet", "mlp"])
+def test_mac_model_is_the_shared_model(arch):
+    """MAC's layer functions are the shared forward pass (so shared scoring and eval fit), and a
+    plain MLP (no skips) trains too."""
+    from radmm_hpc.models import build_model
+    from radmm_hpc.models.fcresnet import forward
+    cfg = mac_cfg(depth=3)
+    cfg.model.arch = arch
+    validate(cfg)
+    tr = trainer(cfg)
+    X = torch.as_tensor(tr.ds.X_test)
+    mod = build_model(cfg, tr.ds, torch.Generator().manual_seed(0), torch.float64)
+    ref = forward(tr.W, X, "relu", True, residual=arch == "fcresnet")
+    assert torch.allclose(tr.nested.forward(tr.W, X)[0], ref)
+    assert torch.allclose(mod(X), forward(list(mod.weights), X, residual=arch == "fcresnet"))
+    other = forward(tr.W, X, "relu", True, residual=arch != "fcresnet")
+    assert not torch.allclose(ref, other)
+    before = tr.scores(tr.W)["train_loss"]
+    for it in range(4):
+        tr.step(it)
+    assert tr.scores(tr.W)["train_loss"] < before
+    cfg.train.algo = "radmm"
+    if arch == "mlp":
+        with pytest.raises(ConfigError, match="model.arch = mlp is trained by"):
+            validate(cfg)

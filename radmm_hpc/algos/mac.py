@@ -45,7 +45,7 @@ class MacTrainer(Trainer):
         self.c, self.comm, self.P, self.rank = c, rt.comm, rt.size, rt.rank
         self.S = c.shards or self.P
         self.my_shards = [self.rank] if self.P > 1 else list(range(self.S))
-        self.nested = Nested(m.activation, m.input_bias, getattr(m, "residual", True), ds.task)
+        self.nested = Nested(m.activation, m.input_bias, m.arch != "mlp", ds.task)
         gen = torch.Generator().manual_seed(cfg.train.seed)
         self.W = init_weights(ds.d_in, m.width, m.depth, ds.d_out, m.input_bias, m.init_scale,
                               gen, self.dtype, self.device)
