@@ -23,14 +23,16 @@ def test_parmac_equals_serial_mac(variant, depth, epochs):
     """depth 1 gives fewer layers than ranks: hidden layers split into unit groups."""
     comm = _world()
     P, r = comm.Get_size(), comm.Get_rank()
-    cfg = mac_cfg(depth=depth, variant=variant, epochs=epochs, shards=P, n=40 + 8 * P, iters_per_mu=1)
+    cfg = mac_cfg(depth=depth, variant=variant, epochs=epochs, shards=P, n=40 + 8 * P)
     par, ser = trainer(cfg, comm), trainer(cfg)
-    for it in range(3):     # three μ stage ends (multipliers, validation)
+    init = [w.clone() for w in par.W]
+    for it in range(4):     # two μ stage ends (multipliers, validation)
         par.step(it)
         ser.step(it)
+        if it == 0:         # (a later skipped stage may bring the initial weights back)
+            moved = max(float((a - b).abs().max()) for a, b in zip(par.W, init)) > 1e-4
     same_w = all(torch.equal(a, b) for a, b in zip(par.W, ser.W))
     same_z = all(torch.equal(a, b) for a, b in zip(par.sh[r]["Z"], ser.sh[r]["Z"]))
-    moved = float((par.W[0] - trainer(cfg).W[0]).abs().max()) > 1e-3
     m_par, m_ser = par.metrics(), ser.metrics()
     same_m = all(m_par[k] == m_ser[k] for k in ("E_Q", "violation", "train_loss", "val_loss"))
     assert mpi_all(same_w and same_z and moved and same_m and len(par.subs) >= P), \
