@@ -20,6 +20,7 @@ def backprop_for_seconds(cfg, ds, seconds: float, device) -> dict:
     while time.perf_counter() - t0 < seconds:
         trainer.step(it)
         it += 1
-    out = score_weights(trainer.weights(), ds, cfg.model.activation, cfg.model.input_bias)
+    out = score_weights(trainer.weights(), ds, cfg.model.activation, cfg.model.input_bias,
+                        residual=cfg.model.arch != "mlp")
     out.update(iters=it, wall_s=time.perf_counter() - t0, grad_norm=trainer.grad_norm)
     return out

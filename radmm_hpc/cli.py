@@ -187,7 +187,8 @@ def cmd_eval(args) -> int:
     if ds.d_in != attrs["d_in"] or ds.d_out != attrs["d_out"]:
         raise UserError(f"data '{cfg.data.name}' has {ds.d_in} features / {ds.d_out} outputs, "
                         f"the model expects {attrs['d_in']} / {attrs['d_out']}")
-    scores = score_weights(weights, ds, attrs["activation"], bool(attrs.get("input_bias", True)))
+    scores = score_weights(weights, ds, attrs["activation"], bool(attrs.get("input_bias", True)),
+                           residual=attrs.get("arch") != "mlp")
     for k, v in scores.items():
         print(f"{k:<16} {v:.6g}")
     return 0

@@ -19,7 +19,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-ALGOS = ("radmm", "backprop", "asgd", "dapsvrg", "dapsgd")
+ALGOS = ("radmm", "backprop", "asgd", "dapsvrg", "dapsgd", "mac")
 SCHEDULES = ("serial", "serial-redblack", "two-colour", "jacobi")
 
 
@@ -130,6 +130,24 @@ class DapCfg:
 
 
 @dataclass
+class MacCfg:
+    variant: str = "qp"           # qp (quadratic penalty) | al (augmented Lagrangian)
+    mu0: float = 1.0              # first penalty μ (data are standardised, so it transfers)
+    mu_factor: float = 2.0        # μ_{i+1} = mu_factor · μ_i
+    mu_steps: int = 10            # μ values; the run converges when they are used up
+    iters_per_mu: int = 3         # MAC alternations (W-step + Z-step) per μ value
+    epochs: int = 1               # e: passes of every submodel over all shards per W-step
+    lr: float = 0.003             # Adam step of the W-step fits
+    batch_size: int = 64          # W-step minibatch (points of one shard)
+    z_steps: int = 5              # Z-step gradient steps per point (with backtracking)
+    unit_groups: int = 0          # row groups per hidden layer (0 = enough for a submodel per shard)
+    shards: int = 0               # data shards (0 = world size); serial with shards = P == ParMAC on P
+    val_fraction: float = 0.1     # training points held out to validate the nested model
+    patience: int = 3             # stop after this many μ stages in a row that validate worse (0 = never)
+    tol: float = 0.0              # stop when the constraint violation per point falls below
+
+
+@dataclass
 class Config:
     train: TrainCfg = field(default_factory=TrainCfg)
     model: ModelCfg = field(default_factory=ModelCfg)
@@ -140,6 +158,7 @@ class Config:
     ps: PsCfg = field(default_factory=PsCfg)
     asgd: AsgdCfg = field(default_factory=AsgdCfg)
     dap: DapCfg = field(default_factory=DapCfg)
+    mac: MacCfg = field(default_factory=MacCfg)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -251,7 +270,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     _positive("train.log_every", t.log_every)
     _positive("train.progress_seconds", t.progress_seconds)
     _positive("train.world_size", t.world_size, strict=False)
-    _choice("model.arch", m.arch, ("fcresnet",))
+    _choice("model.arch", m.arch, ("fcresnet", "mlp"))
     _positive("model.width", m.width)
     if m.depth < 1:
         raise ConfigError(f"model.depth must be >= 1 hidden layer, got {m.depth}")
@@ -297,6 +316,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
             raise ConfigError(f"{regions} regions but model.depth = {m.depth} hidden layers: "
                               f"each region needs at least one layer (use at most {m.depth} ranks)")
     _validate_async(cfg, world_size)
+    _validate_mac(cfg, world_size)
 
 
 def _validate_async(cfg: Config, world_size: int) -> None:
@@ -317,6 +337,29 @@ def _validate_async(cfg: Config, world_size: int) -> None:
     if cfg.train.algo in ("asgd", "dapsvrg", "dapsgd") and world_size < 2:
         raise ConfigError(f"--algo {cfg.train.algo} needs at least 2 ranks (rank 0 is the parameter "
                           f"server, ranks 1.. are workers): mpirun -n 2 or more")
+
+
+def _validate_mac(cfg: Config, world_size: int) -> None:
+    a, m = cfg.mac, cfg.model
+    _choice("mac.variant", a.variant, ("qp", "al"))
+    for name in ("mu0", "lr"):
+        _positive(f"mac.{name}", getattr(a, name))
+    if a.mu_factor <= 1.0:
+        raise ConfigError(f"mac.mu_factor must be > 1 (μ grows), got {a.mu_factor}")
+    for name in ("mu_steps", "iters_per_mu", "epochs", "batch_size"):
+        _positive(f"mac.{name}", getattr(a, name))
+    for name in ("z_steps", "unit_groups", "shards", "patience", "tol"):
+        _positive(f"mac.{name}", getattr(a, name), strict=False)
+    if not 0.0 <= a.val_fraction < 0.5:
+        raise ConfigError(f"mac.val_fraction must be in [0, 0.5), got {a.val_fraction}")
+    if a.unit_groups > m.width:
+        raise ConfigError(f"mac.unit_groups = {a.unit_groups} but a hidden layer has only "
+                          f"model.width = {m.width} units")
+    if m.arch == "mlp" and cfg.train.algo not in ("mac", "backprop"):
+        raise ConfigError(f"model.arch = mlp is trained by --algo mac or backprop, not {cfg.train.algo}")
+    if cfg.train.algo == "mac" and world_size > 1 and a.shards not in (0, world_size):
+        raise ConfigError(f"mac.shards = {a.shards} but the job has {world_size} ranks: ParMAC keeps "
+                          f"one shard per rank (use 0, or shards = P only in a serial run)")
 
 
 def render_toml(d: dict) -> str:

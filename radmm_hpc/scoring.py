@@ -43,13 +43,15 @@ def tensors_for(ds, split: str, dtype, device):
 
 
 @torch.no_grad()
-def score_weights(weights, ds, activation: str, input_bias: bool, splits=("train", "test")) -> dict:
+def score_weights(weights, ds, activation: str, input_bias: bool, splits=("train", "test"),
+                  residual: bool = True) -> dict:
     """Score a whole network (list of weight matrices) by a true forward pass."""
     out = {}
     w0 = weights[0]
     for split in splits:
         X, y = tensors_for(ds, split, w0.dtype, w0.device)
-        out.update(score_predictions(forward(weights, X, activation, input_bias), y, ds, split))
+        out.update(score_predictions(forward(weights, X, activation, input_bias, residual=residual),
+                                     y, ds, split))
     return out
 
 

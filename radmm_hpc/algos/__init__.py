@@ -9,6 +9,7 @@ REGISTRY = {
     "radmm": "radmm_hpc.algos.radmm:RadmmTrainer",
     "backprop": "radmm_hpc.algos.backprop:BackpropTrainer",
     "asgd": "radmm_hpc.algos.asgd:AsgdTrainer", "dapsvrg": "radmm_hpc.algos.dap:DapTrainer", "dapsgd": "radmm_hpc.algos.dap:DapTrainer",
+    "mac": "radmm_hpc.algos.mac:MacTrainer",
 }
 
 

@@ -77,7 +77,8 @@ class BackpropTrainer(Trainer):
 
     def metrics(self):
         # every rank holds the same model: scores are already the same everywhere
-        m = score_weights(self.weights(), self.ds, self.cfg.model.activation, self.cfg.model.input_bias)
+        m = score_weights(self.weights(), self.ds, self.cfg.model.activation, self.cfg.model.input_bias,
+                          residual=self.cfg.model.arch != "mlp")
         m["grad_norm"] = self.grad_norm
         return m
 

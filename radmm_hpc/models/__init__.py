@@ -10,10 +10,10 @@ def build_model(cfg, ds, generator: torch.Generator, dtype=torch.float32, device
     """The network named by cfg.model.arch for data set `ds`, seeded by `generator` (the same
     seed gives the same parameters on every rank)."""
     m = cfg.model
-    if m.arch == "fcresnet":
+    if m.arch in ("fcresnet", "mlp"):   # mlp: the same layers without the skip connections
         weights = init_weights(ds.d_in, m.width, m.depth, ds.d_out, m.input_bias, m.init_scale,
                                generator, dtype, device)
-        return FCResNet(weights, m.activation, m.input_bias)
+        return FCResNet(weights, m.activation, m.input_bias, residual=m.arch == "fcresnet")
     raise KeyError(m.arch)
 
 

@@ -44,15 +44,16 @@ def init_weights(d_in: int, width: int, depth: int, d_out: int, input_bias: bool
 
 
 def forward(weights, X: torch.Tensor, activation: str = "relu", input_bias: bool = True,
-            return_hidden: bool = False):
-    """Forward pass with samples as rows. Returns the output (and the hidden states if asked)."""
+            return_hidden: bool = False, residual: bool = True):
+    """Forward pass with samples as rows. Returns the output (and the hidden states if asked).
+    residual = False: the plain MLP (model.arch = mlp), V_l = σ(W_l V_{l-1})."""
     act = ACTIVATIONS[activation]
     if input_bias:
         X = torch.cat([X, torch.ones(X.shape[0], 1, dtype=X.dtype, device=X.device)], dim=1)
     h = act(X @ weights[0].T)
     hidden = [h]
     for W in weights[1:-1]:
-        h = h + act(h @ W.T)
+        h = h + act(h @ W.T) if residual else act(h @ W.T)
         hidden.append(h)
     out = h @ weights[-1].T
     return (out, hidden) if return_hidden else out
@@ -61,14 +62,15 @@ def forward(weights, X: torch.Tensor, activation: str = "relu", input_bias: bool
 class FCResNet(torch.nn.Module):
     """nn.Module view of the weight list (used by backpropagation and for evaluation)."""
 
-    def __init__(self, weights, activation: str = "relu", input_bias: bool = True):
+    def __init__(self, weights, activation: str = "relu", input_bias: bool = True, residual: bool = True):
         super().__init__()
+        self.residual = residual
         self.weights = torch.nn.ParameterList([torch.nn.Parameter(w.clone()) for w in weights])
         self.activation = activation
         self.input_bias = input_bias
 
     def forward(self, X):
-        return forward(list(self.weights), X, self.activation, self.input_bias)
+        return forward(list(self.weights), X, self.activation, self.input_bias, residual=self.residual)
 
 
 def split_layers(n_layers: int, parts: int) -> List[tuple]:
