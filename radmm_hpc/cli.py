@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"radmm_hpc {__version__}")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
     t = sub.add_parser("train", help="train a model (the default)")
-    t.add_argument("--algo", help="training method: radmm, backprop")
+    t.add_argument("--algo", help="training method: radmm, backprop, trgl")
     t.add_argument("--data", help="data set: wine, wine-red, wine-white, digits, csv:PATH, hdf5:PATH, "
                    "synthetic-regression, synthetic-classification, mnist:DIR, cifar10:DIR")
     t.add_argument("--model", help="model architecture: fcresnet, resnet20/32/56/110 (6n+2, basic blocks), "
