@@ -31,30 +31,30 @@ def test_pipeline_equals_single_process(mode):
     from radmm_hpc.runtime import Runtime
     comm = _world()
     P, r = comm.Get_size(), comm.Get_rank()
-    cfg = trgl_cfg(arch=_arch(P), mode=mode, iters=7, stage_iters=1, uzawa=True, uzawa_every=2,
+    cfg = trgl_cfg(arch=_arch(P), mode=mode, iters=5, stage_iters=2, subset=96, uzawa=True, uzawa_every=2,
                    keep_best=False)
     ds = load_dataset(cfg.data)
     par = TrglTrainer(cfg, Runtime(comm=Comm(comm)), ds)
-    for it in range(7):
+    for it in range(5):
         par.step(it)
-        if it == 3:
+        if it == 2:
             m_par = par.metrics()   # drains the pipeline mid-run; training then goes on
     par.drain()
     mine = {n: t.clone() for n, t in par.mods[r].state_dict().items()}
     ref = None
     if r == 0:
-        cfg1 = trgl_cfg(arch=_arch(P), mode=mode, iters=7, stage_iters=1, uzawa=True, uzawa_every=2,
+        cfg1 = trgl_cfg(arch=_arch(P), mode=mode, iters=5, stage_iters=2, subset=96, uzawa=True, uzawa_every=2,
                         keep_best=False, modules=P)
         ser = TrglTrainer(cfg1, Runtime(comm=Comm(None)), ds)
-        for it in range(7):
+        for it in range(5):
             ser.step(it)
-            if it == 3:
+            if it == 2:
                 m_ser = ser.metrics()
         ref = ({k: m.state_dict() for k, m in ser.mods.items()}, m_ser, ser.lam)
     ref = comm.bcast(ref)
     sd, m_ser, lam = ref
     err = max(float((mine[n] - sd[r][n]).abs().max()) for n in mine)
-    moved = par.done[r] > 0 and par.fed == 7
+    moved = par.fed == 5 and (par.done[r] == 5 or mode == "multilap")
     same_metrics = all(abs(m_par[k] - m_ser[k]) < 1e-9 for k in m_ser if k.startswith("module"))
     assert mpi_all(err < 1e-9 and moved and same_metrics and abs(par.lam[r] - lam[r]) < 1e-9), (err, r)
     model = par.export_weights()
@@ -87,11 +87,11 @@ def test_pipeline_resume_is_exact(shared_dir):
     comm = _world()
     P = comm.Get_size()
     a, b = os.path.join(shared_dir, "a"), os.path.join(shared_dir, "b")
-    train(trgl_cfg(a, arch=_arch(P), iters=6), runtime(comm))
-    cfg = trgl_cfg(b, arch=_arch(P), iters=4)
-    cfg.checkpoint.every = 4
+    train(trgl_cfg(a, arch=_arch(P), iters=6, subset=96), runtime(comm))
+    cfg = trgl_cfg(b, arch=_arch(P), iters=3, subset=96)   # a metrics point, as in run a (keep_best)
+    cfg.checkpoint.every = 3
     train(cfg, runtime(comm))
-    sb = train(trgl_cfg(b, arch=_arch(P), iters=6), runtime(comm), resume="auto")
+    sb = train(trgl_cfg(b, arch=_arch(P), iters=6, subset=96), runtime(comm), resume="auto")
     ok = True
     if comm.Get_rank() == 0:
         pa, _ = load_named_params(os.path.join(a, "model.h5"))

@@ -83,6 +83,7 @@ class TrglTrainer(Trainer):
         self.best_val, self.best_iter, self.best = -1.0, 0, None
         self.meter = MemoryMeter(self.device)
         self.train_s, self.eval_s = 0.0, 0.0
+        self.t_first, self.t_end, self.fed_first = None, None, 0   # throughput window
 
     # ---- data -------------------------------------------------------------------------------
     def _split_data(self, cfg, ds):
@@ -149,6 +150,8 @@ class TrglTrainer(Trainer):
 
     def step(self, it: int) -> None:
         t0 = time.perf_counter()
+        if self.t_first is None:
+            self.t_first, self.fed_first = t0, it
         self.fed = it + 1
         with self.timed("compute"):
             if self.schedule is not None:
@@ -288,6 +291,7 @@ class TrglTrainer(Trainer):
     def export_weights(self):
         """The ResNet (best-validation parameters when keep_best) on rank 0, None elsewhere."""
         self.drain()
+        self.t_end = time.perf_counter()
         arrays = {}
         for k in self.mine:
             sd = (self.best or {}).get(k) or self.mods[k].state_dict()
@@ -307,12 +311,15 @@ class TrglTrainer(Trainer):
 
     def final_scores(self, model):
         out = score_model(model, self.ds)
-        images = self.fed * self.B if self.schedule is None else self.fed * self.B
-        out.update({"mode": self.g.mode, "modules": self.K, "partition": [list(p) for p in self.parts],
+        # images through the whole network per second of the training window (first step to the
+        # drained end, metrics evaluation excluded); rank 0's clock, the ranks agree every step
+        window = (self.t_end - self.t_first - self.eval_s) if self.t_first is not None else 0.0
+        images = (self.fed - self.fed_first) * self.B
+        out.update({"mode": self.g.mode, "modules": self.K, "n_train": self.n, "n_val": len(self.data["val"][0]), "partition": [list(p) for p in self.parts],
                     "val_accuracy_best": self.best_val, "selected_iter": self.best_iter if self.g.keep_best else self.fed,
                     "peak_mem_bytes_per_rank": self.mem_per_rank,
                     "peak_mem_mb_max_rank": max(self.mem_per_rank) / 2 ** 20,
-                    "train_images_per_s_rank0": images / max(1e-9, self.train_s)})
+                    "train_images_per_s": images / window if window > 0 else 0.0})
         return out
 
     def save_final(self, path, model):
