@@ -133,7 +133,7 @@ def test_config_errors():
 
 
 @pytest.mark.parametrize("mode", ["parallel", "multilap"])
-def test_resume_is_exact(tmp_path, mode):
+def test_resume_is_exact(tmp_path, mode, capsys):
     from radmm_hpc.loop import train
     from radmm_hpc.modelio import load_named_params
     a, b = tmp_path / "a", tmp_path / "b"
@@ -148,3 +148,8 @@ def test_resume_is_exact(tmp_path, mode):
     assert all(np.array_equal(pa[k], pb[k]) for k in pa)
     assert sa["test_accuracy"] == sb["test_accuracy"] and sa["selected_iter"] == sb["selected_iter"]
     assert sa["modules"] == 2 and sa["peak_mem_mb_max_rank"] > 0
+    from radmm_hpc.cli import main
+    capsys.readouterr()
+    assert main(["eval", str(a)]) == 0   # `eval` rebuilds the ResNet from model.h5
+    lines = dict(ln.split() for ln in capsys.readouterr().out.splitlines())
+    assert abs(float(lines["test_accuracy"]) - sa["test_accuracy"]) < 1e-5
