@@ -10,6 +10,7 @@ REGISTRY = {
     "backprop": "radmm_hpc.algos.backprop:BackpropTrainer",
     "asgd": "radmm_hpc.algos.asgd:AsgdTrainer", "dapsvrg": "radmm_hpc.algos.dap:DapTrainer", "dapsgd": "radmm_hpc.algos.dap:DapTrainer",
     "mac": "radmm_hpc.algos.mac:MacTrainer",
+    "trgl": "radmm_hpc.algos.trgl:TrglTrainer",
 }
 
 
