@@ -95,6 +95,15 @@ class CheckpointCfg:
 
 
 @dataclass
+class RadmmConvCfg:
+    """RADMM for general residual networks (convolutional ResNets; docs/radmm.md)."""
+    general: bool = False         # run the FCResNet through the general (autograd) path too
+    chunk: int = 0                # samples per chunk of a sweep (0 = all at once)
+    aux_memory: str = "auto"      # auto | device | host: where per-sample U, V, Λ live
+    max_backtracks: int = 40      # doublings of a step's τ before it is taken as it is
+
+
+@dataclass
 class Config:
     train: TrainCfg = field(default_factory=TrainCfg)
     model: ModelCfg = field(default_factory=ModelCfg)
@@ -102,6 +111,7 @@ class Config:
     backprop: BackpropCfg = field(default_factory=BackpropCfg)
     radmm: RadmmCfg = field(default_factory=RadmmCfg)
     checkpoint: CheckpointCfg = field(default_factory=CheckpointCfg)
+    radmmconv: RadmmConvCfg = field(default_factory=RadmmConvCfg)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -258,6 +268,13 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         if regions > m.depth:
             raise ConfigError(f"{regions} regions but model.depth = {m.depth} hidden layers: "
                               f"each region needs at least one layer (use at most {m.depth} ranks)")
+    rc = cfg.radmmconv
+    _positive("radmmconv.chunk", rc.chunk, strict=False)
+    _choice("radmmconv.aux_memory", rc.aux_memory, ("auto", "device", "host"))
+    _positive("radmmconv.max_backtracks", rc.max_backtracks)
+    if t.algo == "radmm" and (m.arch != "fcresnet" or rc.general) and r.variant != "linearized":
+        raise ConfigError(f"RADMM on model.arch = {m.arch}{' (radmmconv.general)' if rc.general else ''} "
+                          f"uses the linearized updates: set radmm.variant = linearized")
 
 
 def render_toml(d: dict) -> str:
