@@ -49,17 +49,19 @@ class Head(nn.Module):
         return self.fc(x.mean(dim=(2, 3)))
 
 
-def conv_layers(k=3, c=3, seed=0, dtype=torch.float64, post="relu_sum"):
-    """stem, two blocks (one with fixed BN), a downsampling block (option A), head: 5 layers."""
+def conv_layers(k=3, c=3, seed=0, dtype=torch.float64, post="relu_sum", blocks=3):
+    """stem, `blocks` residual blocks (the second with fixed BN, the last downsampling by option A),
+    head: blocks + 2 layers."""
     torch.manual_seed(seed)
-    mods = [Stem(c), Branch(c, c), Branch(c, c, bn=True), Branch(c, 2 * c, stride=2), Head(2 * c, k)]
+    mods = [Stem(c)] + [Branch(c, c, bn=(i == 1)) for i in range(blocks - 1)]
+    mods += [Branch(c, 2 * c, stride=2), Head(2 * c, k)]
     for m in mods:
         m.to(dtype)
         for p in m.parameters():      # small residual branches: a well-behaved start
             p.data.mul_(0.5)
-    return [Layer(mods[0], "linear"), Layer(mods[1], post, lambda x: x),
-            Layer(mods[2], post, lambda x: x), Layer(mods[3], post, option_a(2 * c)),
-            Layer(mods[4], "linear")]
+    layers = [Layer(mods[0], "linear")]
+    layers += [Layer(m, post, lambda x: x) for m in mods[1:-2]]
+    return layers + [Layer(mods[-2], post, option_a(2 * c)), Layer(mods[-1], "linear")]
 
 
 def digits(n=48, k=3, dtype=torch.float64):
@@ -87,3 +89,31 @@ def params(**kw):
     base = dict(gamma=1.0, rho=1.0, beta=2.0, omega=0.05, lam=1e-4, beta_b=1.0, loss="xent")
     base.update(kw)
     return Params(**base)
+
+
+def conv_dataset(n=32, n_test=16, k=3):
+    """A radmm_hpc Dataset of the first digits of classes 0..k-1 (flat 8×8 images)."""
+    from radmm_hpc.data import Dataset
+    X, _, y = digits(n + n_test, k)
+    return Dataset("digits-small", "classification", X[:n].numpy(), y[:n].numpy(), X[n:].numpy(),
+                   y[n:].numpy(), n_classes=k)
+
+
+def conv_trainer(monkeypatch, schedule, mpi_comm=None, blocks=3, chunk=0, regions=0, splitting="three"):
+    """A GeneralRadmmTrainer on conv_layers(blocks) (patched in for models/resnet.py)."""
+    from radmm_hpc.algos import radmm_conv
+    from radmm_hpc.algos.radmm import RadmmTrainer
+    from radmm_hpc.comm import Comm
+    from radmm_hpc.config import Config
+    from radmm_hpc.runtime import Runtime
+    cfg = Config()
+    cfg.train.dtype = "float64"
+    cfg.model.arch = "test-conv"
+    cfg.radmm.variant, cfg.radmm.splitting, cfg.radmm.schedule = "linearized", splitting, schedule
+    cfg.radmm.regions = regions
+    for kk, v in dict(lam=1e-4, gamma=1.0, rho=1.0, beta=2.0, omega=0.05, beta_b=1.0).items():
+        setattr(cfg.radmm, kk, v)
+    cfg.radmmconv.chunk = chunk
+    monkeypatch.setattr(radmm_conv, "build_layers",
+                        lambda cfg, ds, dtype, device: (conv_layers(blocks=blocks), False))
+    return RadmmTrainer(cfg, Runtime(comm=Comm(mpi_comm)), conv_dataset())

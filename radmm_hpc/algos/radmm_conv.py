@@ -291,10 +291,6 @@ class GeneralRadmmTrainer(RadmmTrainer):
     def _snapshot_best(self):
         return {l: self.layers[l - 1].w.clone() for l in self.own_layers() if self.layers[l - 1].w is not None}
 
-    def metrics(self) -> dict:
-        out = super().metrics()
-        return out
-
     def _export_W(self, l: int):
         if self.best_W is not None and l in self.best_W:
             return self.best_W[l]
@@ -350,27 +346,31 @@ class GeneralRadmmTrainer(RadmmTrainer):
                 for n, t in (lay.params(lay.w).items() if lay.w is not None else []):
                     g.create_dataset(n, data=t.detach().cpu().numpy())
 
-    def _layers_with_state(self):
-        ls = list(range(self.s, self.e + 1)) + ([self.L] if self.last else [])
-        if self.schedule == "two-colour" and self.P > 1 and not self.last:
-            ls.append(self.e + 1)        # ghost copy of the next region's first layer
-        return ls
-
+    # checkpoint keys follow radmm.py's (W/l, U/l, V/l, tau/..., Lam, jacobi/...), so that
+    # checkpoint.remap_radmm resumes a general run on another number of ranks as well
     def state(self) -> dict:
         eng = self.eng
         out = {}
-        for l in self._layers_with_state():
+        ghost_w = [self.e + 1] if (self.schedule == "two-colour" and self.P > 1 and not self.last) else []
+        for l in self.own_layers() + ghost_w:
             if self.layers[l - 1].w is not None:
                 out[f"W/{l}"] = self.layers[l - 1].w.detach().cpu().numpy()
-            out[f"tauW/{l}"] = np.asarray(eng.tauW.get(l, 1.0), dtype=np.float64)
-        for name, d in (("V", eng.V), ("U", eng.U), ("tauV", eng.tauV)):
+        for l, tau in eng.tauW.items():
+            out[f"tau/W/{l}"] = np.asarray(tau, dtype=np.float64)
+        for name, d in (("V", eng.V), ("U", eng.U), ("tau/V", eng.tauV)):
             for l, t in d.items():
-                if not (self.first and name == "V" and l == 0):      # X is data, not state
-                    out[f"{name}/{l}"] = t.detach().cpu().numpy()
-        for name in ("Lam", "Q", "M", "Qn", "Mn", "tauQ"):
+                if l == 0:
+                    continue                                  # X is data, not state
+                key = "jacobi/Vb" if (name == "V" and self.jac and l == self.s - 1) else f"{name}/{l}"
+                out[key] = t.detach().cpu().numpy()
+        if eng.Lam is not None:
+            out["Lam"] = eng.Lam.detach().cpu().numpy()
+        for name in ("Q", "M", "Qn", "Mn"):
             t = getattr(eng, name)
             if t is not None:
-                out[f"eng/{name}"] = t.detach().cpu().numpy()
+                out[f"jacobi/{name}"] = t.detach().cpu().numpy()
+        if eng.tauQ is not None:
+            out[f"tau/Q/{self.r}"] = eng.tauQ.detach().cpu().numpy()
         if self.best_W is not None:
             out["best/loss"] = np.asarray(self.best_loss, dtype=np.float64)
             for l, w in self.best_W.items():
@@ -389,14 +389,27 @@ class GeneralRadmmTrainer(RadmmTrainer):
             parts = key.split("/")
             if parts[0] == "W":
                 self.layers[int(parts[1]) - 1].w = t(a, self.device)
-            elif parts[0] == "tauW":
-                eng.tauW[int(parts[1])] = float(np.asarray(a))
-            elif parts[0] in ("V", "U", "tauV"):
+            elif parts[0] in ("V", "U"):
                 getattr(eng, parts[0])[int(parts[1])] = t(a)
-            elif parts[0] == "eng":
+            elif parts[0] == "tau" and parts[1] == "W":
+                eng.tauW[int(parts[2])] = float(np.asarray(a))
+            elif parts[0] == "tau" and parts[1] == "V":
+                eng.tauV[int(parts[2])] = t(a)
+            elif parts[0] == "tau" and parts[1] == "Q":
+                eng.tauQ = t(a)
+            elif key == "Lam":
+                eng.Lam = t(a)
+            elif key == "jacobi/Vb":
+                eng.V[self.s - 1] = t(a)
+            elif parts[0] == "jacobi":
                 setattr(eng, parts[1], t(a))
             elif key == "best/loss":
                 self.best_loss = float(np.asarray(a))
             elif parts[0] == "best":
                 self.best_W = self.best_W or {}
                 self.best_W[int(parts[2])] = t(a, self.device)
+        if self.jac and not self.first and eng.tauQ is None:      # remapped onto a new boundary
+            eng.tauQ = torch.ones(self.N, dtype=self.dtype, device=store)
+        for l in range(self.s, self.e + 1):                      # remapped layers without a τ memory
+            if l not in eng.tauV:
+                eng.tauV[l] = torch.ones(self.N, dtype=self.dtype, device=store)
