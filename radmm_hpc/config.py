@@ -272,9 +272,6 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     _positive("radmmconv.chunk", rc.chunk, strict=False)
     _choice("radmmconv.aux_memory", rc.aux_memory, ("auto", "device", "host"))
     _positive("radmmconv.max_backtracks", rc.max_backtracks)
-    if t.algo == "radmm" and (m.arch != "fcresnet" or rc.general) and r.variant != "linearized":
-        raise ConfigError(f"RADMM on model.arch = {m.arch}{' (radmmconv.general)' if rc.general else ''} "
-                          f"uses the linearized updates: set radmm.variant = linearized")
 
 
 def render_toml(d: dict) -> str:

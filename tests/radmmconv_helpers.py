@@ -64,14 +64,24 @@ def conv_layers(k=3, c=3, seed=0, dtype=torch.float64, post="relu_sum", blocks=3
     return layers + [Layer(mods[-2], post, option_a(2 * c)), Layer(mods[-1], "linear")]
 
 
+def _digits_raw():
+    """scikit-learn's digits file read directly (importing sklearn costs seconds per rank)."""
+    import importlib.util
+    import os
+    import numpy as np
+    spec = importlib.util.find_spec("sklearn")
+    path = os.path.join(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz")
+    a = np.loadtxt(path, delimiter=",")
+    return a[:, :-1], a[:, -1].astype(np.int64)
+
+
 def digits(n=48, k=3, dtype=torch.float64):
     """The first n digits of classes 0..k-1 (8×8 images, flat, standardised) and one-hot targets."""
-    from sklearn.datasets import load_digits
-    d = load_digits()
-    keep = d.target < k
-    X = torch.as_tensor(d.data[keep][:n], dtype=dtype)
+    data, target = _digits_raw()
+    keep = target < k
+    X = torch.as_tensor(data[keep][:n], dtype=dtype)
     X = (X - X.mean(0)) / (X.std(0) + 1.0)
-    y = torch.as_tensor(d.target[keep][:n])
+    y = torch.as_tensor(target[keep][:n])
     Y = torch.zeros(n, k, dtype=dtype)
     Y[torch.arange(n), y] = 1
     return X, Y, y

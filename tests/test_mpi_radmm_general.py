@@ -55,3 +55,46 @@ def test_jacobi_decreases_merit_and_resumes(monkeypatch):
     ok = same and m1["lagrangian"] < m0["lagrangian"] and m1["train_loss"] < m0["train_loss"]
     assert mpi_all(ok), (same, m0["lagrangian"], m1["lagrangian"], m0["train_loss"], m1["train_loss"])
     assert m1["boundary_residual"] < 0.5
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("schedule", ["two-colour", "jacobi"])
+def test_cli_loop_resume_conv(monkeypatch, tmp_path_factory, schedule):
+    """Through the shared loop: 2 iterations + checkpoint + resume + 2 == 4 straight (model.h5)."""
+    import h5py
+    import numpy as np
+    from radmm_hpc import loop
+    from radmm_hpc.algos import radmm_conv
+    from radmm_hpc.comm import Comm
+    from radmm_hpc.config import Config
+    from radmm_hpc.runtime import Runtime
+    from radmmconv_helpers import conv_dataset, conv_layers
+    comm = _world()
+    P = comm.Get_size()
+    base = comm.bcast(str(tmp_path_factory.mktemp("rc")) if comm.Get_rank() == 0 else None)
+    monkeypatch.setattr(radmm_conv, "build_layers", lambda cfg, ds, dtype, device: (conv_layers(blocks=P), False))
+    monkeypatch.setattr(loop, "load_dataset", lambda dcfg: conv_dataset())
+
+    def run(name, iters, resume=None):
+        cfg = Config()
+        cfg.train.dtype, cfg.train.iters, cfg.train.log_every, cfg.train.compare = "float64", iters, 1, False
+        cfg.train.run_dir = f"{base}/{name}"
+        cfg.model.arch = "test-conv"
+        cfg.radmm.schedule, cfg.radmm.variant = schedule, "linearized"
+        for k, v in dict(lam=1e-4, gamma=1.0, rho=1.0, beta=2.0, omega=0.05).items():
+            setattr(cfg.radmm, k, v)
+        cfg.checkpoint.every, cfg.checkpoint.every_seconds = 2, 0.0
+        return loop.train(cfg, Runtime(comm=Comm(comm)), resume=resume)
+    straight = run("a", 4)
+    run("b", 2)
+    resumed = run("b", 4, resume="auto")
+    ok = True
+    if comm.Get_rank() == 0:
+        ok = straight["train_loss"] == resumed["train_loss"]
+        with h5py.File(f"{base}/a/model.h5") as fa, h5py.File(f"{base}/b/model.h5") as fb:
+            names = []
+            fa.visit(names.append)
+            ok = ok and all(np.array_equal(fa[n][()], fb[n][()]) for n in names
+                            if isinstance(fa[n], h5py.Dataset))
+            ok = ok and len(names) > 5
+    assert mpi_all(ok)
