@@ -83,3 +83,21 @@ def test_general_path_agrees_with_fcresnet_linearized_updates():
         if l < L:
             torch.testing.assert_close(got[f"U/{l}"], st["U"][l - 1].T, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(got["Lam"], st["Lam"].T, rtol=1e-10, atol=1e-12)
+
+
+def test_config_checks():
+    from radmm_hpc.config import Config, validate
+    from radmm_hpc.errors import ConfigError
+    for key, bad in (("chunk", -1), ("aux_memory", "disk"), ("max_backtracks", 0)):
+        cfg = Config()
+        setattr(cfg.radmmconv, key, bad)
+        with pytest.raises(ConfigError, match=f"radmmconv.{key}"):
+            validate(cfg)
+
+
+def test_too_many_ranks_is_a_config_error(monkeypatch):
+    """More regions than hidden layers: a one-line ConfigError, not a crash."""
+    from radmm_hpc.errors import ConfigError
+    from radmmconv_helpers import conv_trainer
+    with pytest.raises(ConfigError, match="hidden layers"):
+        conv_trainer(monkeypatch, "serial-redblack", None, blocks=1, regions=3)

@@ -85,8 +85,9 @@ class GeneralRadmmTrainer(RadmmTrainer):
         distributed = self.schedule in ("two-colour", "jacobi")
         self.P = rt.size if distributed else 1
         self.r = rt.rank if distributed else 0
-        if self.P > L - 1:
-            raise ConfigError(f"{self.P} regions but the network has {L - 1} hidden layers (stem and "
+        regions = cfg.radmm.regions or 1 if self.schedule == "serial-redblack" else self.P
+        if regions > L - 1:
+            raise ConfigError(f"{regions} regions but the network has {L - 1} hidden layers (stem and "
                               f"blocks): use at most {L - 1} ranks")
         self.regions = rb.partition_hidden(L - 1, self.P)
         if self.P > 1 and self.device.type == "cuda":
