@@ -8,7 +8,7 @@ import time
 from radmm_hpc.algos.backprop import BackpropTrainer
 from radmm_hpc.comm import Comm
 from radmm_hpc.runtime import Runtime
-from radmm_hpc.scoring import score_weights
+from radmm_hpc.scoring import score_model
 
 
 def backprop_for_seconds(cfg, ds, seconds: float, device) -> dict:
@@ -20,6 +20,6 @@ def backprop_for_seconds(cfg, ds, seconds: float, device) -> dict:
     while time.perf_counter() - t0 < seconds:
         trainer.step(it)
         it += 1
-    out = score_weights(trainer.weights(), ds, cfg.model.activation, cfg.model.input_bias)
+    out = score_model(trainer.model, ds)
     out.update(iters=it, wall_s=time.perf_counter() - t0, grad_norm=trainer.grad_norm)
     return out

@@ -21,7 +21,8 @@ COMMANDS = ("train", "eval", "report", "inspect")
 # flag -> config key
 FLAG_KEYS = {"algo": "train.algo", "data": "data.name", "model": "model.arch", "iters": "train.iters",
              "seed": "train.seed", "device": "train.device", "dtype": "train.dtype",
-             "run_dir": "train.run_dir", "checkpoint_every": "checkpoint.every"}
+             "run_dir": "train.run_dir", "checkpoint_every": "checkpoint.every",
+             "train_subset": "data.train_subset"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,8 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model (the default)")
     t.add_argument("--algo", help="training method: radmm, backprop")
     t.add_argument("--data", help="data set: wine, wine-red, wine-white, digits, csv:PATH, hdf5:PATH, "
-                   "synthetic-regression, synthetic-classification")
-    t.add_argument("--model", help="model architecture (fcresnet)")
+                   "synthetic-regression, synthetic-classification, mnist:DIR, cifar10:DIR")
+    t.add_argument("--model", help="model architecture: fcresnet, resnet20/32/56/110 (6n+2, basic blocks), "
+                   "resnet29b/164b (9n+2, bottleneck)")
+    t.add_argument("--train-subset", dest="train_subset", type=int, metavar="N",
+                   help="train on N samples of the training split (data.train_subset; 0 = all)")
     t.add_argument("--config", metavar="FILE.toml", help="TOML file with [section] tables")
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one setting (repeatable)")

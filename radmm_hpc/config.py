@@ -46,6 +46,11 @@ class ModelCfg:
     activation: str = "relu"      # relu | tanh | gelu
     input_bias: bool = True       # a row of ones appended to the input (bias of layer 1)
     init_scale: float = 0.1       # residual and output layers: init_scale·sqrt(2/width) (He = 1.0)
+    # convolutional ResNets (arch resnet<6n+2> basic blocks, resnet<9n+2>b bottleneck): docs/trgl.md
+    block: str = "post"           # post | pre (activation)
+    shortcut: str = "A"           # A (parameter-free subsample + zero pad) | B (1x1 projection)
+    norm: str = "batch"           # batch | none
+    base_width: int = 16          # channels of the first stage (then x2, x4)
 
 
 @dataclass
@@ -58,6 +63,7 @@ class DataCfg:
     n_features: int = 8
     n_classes: int = 3
     noise: float = 0.1
+    train_subset: int = 0         # keep this many training samples (seeded by split_seed); 0 = all
 
 
 @dataclass
@@ -223,7 +229,6 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     _positive("train.log_every", t.log_every)
     _positive("train.progress_seconds", t.progress_seconds)
     _positive("train.world_size", t.world_size, strict=False)
-    _choice("model.arch", m.arch, ("fcresnet",))
     _positive("model.width", m.width)
     if m.depth < 1:
         raise ConfigError(f"model.depth must be >= 1 hidden layer, got {m.depth}")
@@ -254,6 +259,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     _positive("checkpoint.every", c.every, strict=False)
     _positive("checkpoint.every_seconds", c.every_seconds, strict=False)
     _positive("checkpoint.keep", c.keep)
+    _validate_conv_model(m, d)
     if t.algo == "radmm":
         if m.activation != "relu":
             raise ConfigError("RADMM's block updates are written for model.activation = relu")
@@ -272,6 +278,20 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     _positive("radmmconv.chunk", rc.chunk, strict=False)
     _choice("radmmconv.aux_memory", rc.aux_memory, ("auto", "device", "host"))
     _positive("radmmconv.max_backtracks", rc.max_backtracks)
+
+
+def _validate_conv_model(m, d) -> None:
+    """Convolutional ResNet fields and image-data options (feat-trgl)."""
+    from radmm_hpc.models.resnet import parse_arch
+    if m.arch != "fcresnet" and parse_arch(m.arch) is None:
+        raise ConfigError(f"model.arch must be fcresnet, resnet<6n+2> (resnet20, resnet32, resnet56, "
+                          f"resnet110, ...) or resnet<9n+2>b (bottleneck: resnet29b, resnet164b), "
+                          f"got {m.arch!r}{_suggest(m.arch, ('fcresnet', 'resnet20', 'resnet32', 'resnet56', 'resnet110'))}")
+    _choice("model.block", m.block, ("post", "pre"))
+    _choice("model.shortcut", m.shortcut, ("A", "B"))
+    _choice("model.norm", m.norm, ("batch", "none"))
+    _positive("model.base_width", m.base_width)
+    _positive("data.train_subset", d.train_subset, strict=False)
 
 
 def render_toml(d: dict) -> str:

@@ -45,6 +45,44 @@ def save_model(path: str, weights, cfg, ds) -> None:
     os.replace(tmp, path)
 
 
+NAMED_FORMAT = "radmm_hpc.named-params/1"
+
+
+def save_named_params(path: str, model: torch.nn.Module, cfg, ds) -> None:
+    """Any nn.Module (the convolutional ResNets): /params/<name> for every parameter and buffer
+    of model.state_dict() (names as PyTorch spells them, '.' kept), /preprocess as above, and
+    attributes format = radmm_hpc.named-params/1, arch, block, shortcut, norm, base_width,
+    image_shape, d_in, d_out, task, n_classes, data. Nothing is pickled."""
+    m = cfg.model
+    tmp = path + ".tmp"
+    with h5py.File(tmp, "w") as fh:
+        fh.attrs.update({"format": NAMED_FORMAT, "arch": m.arch, "block": m.block, "shortcut": m.shortcut,
+                         "norm": m.norm, "base_width": m.base_width, "d_in": ds.d_in, "d_out": ds.d_out,
+                         "task": ds.task, "n_classes": ds.n_classes, "data": cfg.data.name,
+                         "image_shape": np.asarray(ds.image_shape or (), dtype=np.int64)})
+        g = fh.create_group("params")
+        for name, t in model.state_dict().items():
+            g[name] = t.detach().cpu().numpy()
+        pre = fh.create_group("preprocess")
+        pre["x_mean"], pre["x_std"] = ds.x_mean, ds.x_std
+    os.replace(tmp, path)
+
+
+def load_named_params(path: str) -> tuple[dict, dict]:
+    """(state_dict of numpy arrays, attributes) of a save_named_params file."""
+    if not os.path.isfile(path):
+        raise UserError(f"model file not found: {path}")
+    try:
+        fh = h5py.File(path, "r")
+    except OSError:
+        raise UserError(f"{path}: not an HDF5 file") from None
+    with fh:
+        attrs = {k: (v.item() if hasattr(v, "item") and np.ndim(v) == 0 else v) for k, v in fh.attrs.items()}
+        if attrs.get("format") != NAMED_FORMAT:
+            raise UserError(f"{path}: not a radmm_hpc named-parameter model (format {attrs.get('format')!r})")
+        return {k: np.asarray(v[()]) for k, v in fh["params"].items()}, attrs
+
+
 def load_model(path: str, dtype=torch.float64):
     """Returns (weights with the input bias folded into W_1, attributes)."""
     if not os.path.isfile(path):

@@ -53,6 +53,28 @@ def score_weights(weights, ds, activation: str, input_bias: bool, splits=("train
     return out
 
 
+@torch.no_grad()
+def predict(model: torch.nn.Module, X: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """model(X) in evaluation mode (BatchNorm running statistics), in chunks of rows so that
+    convolutional activations of a whole data set never sit in memory at once."""
+    was = model.training
+    model.eval()
+    try:
+        return torch.cat([model(X[i:i + chunk]) for i in range(0, len(X), chunk)]) if len(X) else model(X)
+    finally:
+        model.train(was)
+
+
+def score_model(model: torch.nn.Module, ds, splits=("train", "test")) -> dict:
+    """Score any nn.Module (FCResNet, ResNet, ...) by a forward pass in evaluation mode."""
+    p = next(model.parameters())
+    out = {}
+    for split in splits:
+        X, y = tensors_for(ds, split, p.dtype, p.device)
+        out.update(score_predictions(predict(model, X), y, ds, split))
+    return out
+
+
 def least_squares_scores(ds) -> dict:
     """Ordinary least squares with an intercept (regression only): a reference line."""
     if ds.task != "regression":

@@ -14,8 +14,8 @@ import torch
 
 from radmm_hpc.algos.base import Trainer
 from radmm_hpc.data import shard_range
-from radmm_hpc.models import build_model
-from radmm_hpc.scoring import loss_fn, score_weights, tensors_for
+from radmm_hpc.models import FCResNet, build_model
+from radmm_hpc.scoring import loss_fn, score_model, score_weights, tensors_for
 
 
 class BackpropTrainer(Trainer):
@@ -71,15 +71,48 @@ class BackpropTrainer(Trainer):
                 offset += p.numel()
             self.grad_norm = float(self.flat.norm())
             self.opt.step()
+        if self.rt.size > 1:
+            self._sync_buffers()
+
+    def _sync_buffers(self):
+        """BatchNorm running statistics are computed on each rank's share of the batch: average
+        them so that every rank keeps the same model (no-op for the FCResNet)."""
+        bufs = [b for b in self.model.buffers() if b.is_floating_point()]
+        if not bufs:
+            return
+        with self.timed("exchange"):
+            flat = torch.cat([b.reshape(-1) for b in bufs])
+            self.rt.comm.allreduce_(flat)
+            flat /= self.rt.size
+            offset = 0
+            for b in bufs:
+                b.copy_(flat[offset:offset + b.numel()].view_as(b))
+                offset += b.numel()
 
     def weights(self):
         return [p.detach() for p in self.model.parameters()]
 
+    @property
+    def is_fc(self) -> bool:
+        return isinstance(self.model, FCResNet)
+
     def metrics(self):
         # every rank holds the same model: scores are already the same everywhere
-        m = score_weights(self.weights(), self.ds, self.cfg.model.activation, self.cfg.model.input_bias)
+        if self.is_fc:
+            m = score_weights(self.weights(), self.ds, self.cfg.model.activation, self.cfg.model.input_bias)
+        else:
+            m = score_model(self.model, self.ds)
         m["grad_norm"] = self.grad_norm
         return m
+
+    def final_scores(self, weights):
+        return super().final_scores(weights) if self.is_fc else score_model(self.model, self.ds)
+
+    def save_final(self, path, weights):
+        if self.is_fc:
+            return super().save_final(path, weights)
+        from radmm_hpc.modelio import save_named_params
+        save_named_params(path, self.model, self.cfg, self.ds)
 
     def export_weights(self):
         return self.weights() if self.rt.is_root else None
@@ -89,6 +122,8 @@ class BackpropTrainer(Trainer):
         for i, p in enumerate(self.model.parameters()):
             for k, v in self.opt.state.get(p, {}).items():
                 out[f"opt/{i}/{k}"] = torch.as_tensor(v).detach().cpu().numpy()
+        for i, b in enumerate(self.model.buffers()):   # BatchNorm running statistics
+            out[f"buffer/{i}"] = b.detach().cpu().numpy()
         return out
 
     def load_state(self, state):
@@ -96,6 +131,8 @@ class BackpropTrainer(Trainer):
         with torch.no_grad():
             for i, p in enumerate(params):
                 p.copy_(torch.as_tensor(state[f"param/{i}"]))
+            for i, b in enumerate(self.model.buffers()):
+                b.copy_(torch.as_tensor(state[f"buffer/{i}"]))
         for i, p in enumerate(params):
             keys = [k for k in state if k.startswith(f"opt/{i}/")]
             if keys:

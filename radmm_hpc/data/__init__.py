@@ -28,6 +28,7 @@ class Dataset:
     x_std: np.ndarray = None
     y_mean: np.ndarray = None  # regression only
     y_std: np.ndarray = None
+    image_shape: tuple = None  # (C, H, W) for image data: X rows are flat images, per-channel normalised
 
     @property
     def d_in(self) -> int:
@@ -62,12 +63,27 @@ def load_dataset(dcfg) -> Dataset:
     else:
         tr, te = split_indices(len(X), dcfg.test_fraction, dcfg.split_seed)
         X_tr, y_tr, X_te, y_te = X[tr], y[tr], X[te], y[te]
-    x_mean, x_std, (X_tr, X_te) = _standardise(X_tr, X_te)
+    X_tr, y_tr = _subset(X_tr, y_tr, getattr(dcfg, "train_subset", 0), dcfg.split_seed)
+    if raw.image_shape is not None:
+        from radmm_hpc.data.images import channel_stats
+        x_mean, x_std = channel_stats(X_tr, raw.image_shape)
+        X_tr, X_te = (X_tr - x_mean) / x_std, (X_te - x_mean) / x_std
+    else:
+        x_mean, x_std, (X_tr, X_te) = _standardise(X_tr, X_te)
     ds = Dataset(name=dcfg.name, task=task, X_train=X_tr, y_train=y_tr, X_test=X_te, y_test=y_te,
-                 n_classes=raw.n_classes, x_mean=x_mean, x_std=x_std)
+                 n_classes=raw.n_classes, x_mean=x_mean, x_std=x_std, image_shape=raw.image_shape)
     if task == "regression":
         ds.y_mean, ds.y_std, (ds.y_train, ds.y_test) = _standardise(y_tr, y_te)
     return ds
+
+
+def _subset(X, y, n: int, seed: int):
+    """The first n rows of a seeded permutation of the training split (small-data regimes);
+    normalisation is then fitted on these rows only."""
+    if not n or n >= len(X):
+        return X, y
+    keep = np.sort(np.random.default_rng([seed, 7]).permutation(len(X))[:n])
+    return X[keep], y[keep]
 
 
 def shard_range(n: int, rank: int, size: int) -> tuple[int, int]:

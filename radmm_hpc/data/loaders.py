@@ -15,7 +15,7 @@ from radmm_hpc.errors import DataError
 WINE_FILES = {"wine-red": ["winequality-red.csv"], "wine-white": ["winequality-white.csv"],
               "wine": ["winequality-red.csv", "winequality-white.csv"]}
 NAMES = tuple(WINE_FILES) + ("digits", "synthetic-regression", "synthetic-classification",
-                             "csv:PATH", "hdf5:PATH")
+                             "csv:PATH", "hdf5:PATH", "mnist:DIR", "cifar10:DIR")
 
 
 @dataclass
@@ -26,6 +26,7 @@ class Raw:
     n_classes: int = 0
     X_test: np.ndarray = None
     y_test: np.ndarray = None
+    image_shape: tuple = None   # (C, H, W) for image data (X is flat, N × C·H·W)
 
 
 def read_csv(path: str, what: str = "data file") -> tuple[list[str] | None, np.ndarray]:
@@ -130,6 +131,8 @@ def _hdf5(path: str, dcfg) -> Raw:
                 raise DataError(f"{path}: missing dataset '{key}' (expected datasets X and y)")
         arrays = {k: np.asarray(fh[k][()], dtype=np.float64) for k in ("X", "y", "X_test", "y_test") if k in fh}
     X, y = arrays["X"], arrays["y"]
+    image_shape = _hdf5_images(path, arrays)
+    X = arrays["X"]
     if X.ndim == 1:
         X = X[:, None]
     if X.ndim != 2:
@@ -149,12 +152,38 @@ def _hdf5(path: str, dcfg) -> Raw:
         y, k = _classification_labels(y, path)
         yt = _classification_labels(arrays["y_test"], path, k)[0] if has_test else None
         return Raw(X=X, y=y, task="classification", n_classes=k,
-                   X_test=arrays.get("X_test") if has_test else None, y_test=yt)
+                   X_test=arrays.get("X_test") if has_test else None, y_test=yt, image_shape=image_shape)
     y = y.reshape(len(y), -1)
     yt = arrays["y_test"].reshape(len(arrays["y_test"]), -1) if has_test else None
     if has_test and yt.shape[1] != y.shape[1]:
         raise DataError(f"{path}: y_test has {yt.shape[1]} target columns, y has {y.shape[1]}")
     return Raw(X=X, y=y, task="regression", X_test=arrays.get("X_test") if has_test else None, y_test=yt)
+
+
+def _hdf5_images(path: str, arrays: dict):
+    """3-D (N, H, W) or 4-D (N, C, H, W) X (and X_test) are images: flatten them in place and
+    return (C, H, W); 2-D X is tabular (None)."""
+    X = arrays["X"]
+    if X.ndim not in (3, 4):
+        return None
+    shape = (1, *X.shape[1:]) if X.ndim == 3 else tuple(X.shape[1:])
+    for k in ("X", "X_test"):
+        if k in arrays:
+            a = arrays[k]
+            if a.shape[1:] != X.shape[1:]:
+                raise DataError(f"{path}: {k} images have shape {a.shape[1:]}, X has {X.shape[1:]}")
+            arrays[k] = a.reshape(len(a), -1)
+    return tuple(int(v) for v in shape)
+
+
+def _image_set(kind: str, directory: str) -> Raw:
+    from radmm_hpc.data.images import load_cifar10, load_mnist
+    X, y, X_te, y_te = (load_mnist if kind == "mnist" else load_cifar10)(directory)
+    shape = tuple(int(v) for v in X.shape[1:])
+    flat = lambda a: a.reshape(len(a), -1).astype(np.float64)  # noqa: E731
+    k = 10 if kind == "cifar10" else max(2, int(max(y.max(initial=0), y_te.max(initial=0))) + 1)
+    return Raw(X=flat(X), y=y, task="classification", n_classes=k, X_test=flat(X_te), y_test=y_te,
+               image_shape=shape)
 
 
 def fh_int(y: np.ndarray) -> bool:
@@ -168,7 +197,8 @@ def _digits() -> Raw:
     except ImportError:
         raise DataError("data 'digits' needs scikit-learn: pip install 'radmm_hpc[digits]'") from None
     d = load_digits()
-    return Raw(X=d.data.astype(np.float64), y=d.target.astype(np.int64), task="classification", n_classes=10)
+    return Raw(X=d.data.astype(np.float64), y=d.target.astype(np.int64), task="classification", n_classes=10,
+               image_shape=(1, 8, 8))
 
 
 def _synthetic(dcfg, classification: bool) -> Raw:
@@ -201,6 +231,10 @@ def load_raw(dcfg) -> Raw:
         raw = _csv(name[4:], dcfg)
     elif name.startswith("hdf5:"):
         raw = _hdf5(name[5:], dcfg)
+    elif name.startswith("mnist:"):
+        raw = _image_set("mnist", name[6:])
+    elif name.startswith("cifar10:"):
+        raw = _image_set("cifar10", name[8:])
     else:
         import difflib
         close = difflib.get_close_matches(name, NAMES, n=1)

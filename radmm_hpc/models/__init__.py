@@ -14,6 +14,9 @@ def build_model(cfg, ds, generator: torch.Generator, dtype=torch.float32, device
         weights = init_weights(ds.d_in, m.width, m.depth, ds.d_out, m.input_bias, m.init_scale,
                                generator, dtype, device)
         return FCResNet(weights, m.activation, m.input_bias)
+    if m.arch.startswith("resnet"):
+        from radmm_hpc.models.resnet import build_resnet
+        return build_resnet(m, ds, generator, dtype, device)
     raise KeyError(m.arch)
 
 
