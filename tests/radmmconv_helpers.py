@@ -125,5 +125,5 @@ def conv_trainer(monkeypatch, schedule, mpi_comm=None, blocks=3, chunk=0, region
         setattr(cfg.radmm, kk, v)
     cfg.radmmconv.chunk = chunk
     monkeypatch.setattr(radmm_conv, "build_layers",
-                        lambda cfg, ds, dtype, device: (conv_layers(blocks=blocks), False))
+                        lambda cfg, ds, dtype, device: (conv_layers(blocks=blocks), False, None))
     return RadmmTrainer(cfg, Runtime(comm=Comm(mpi_comm)), conv_dataset())

@@ -72,7 +72,7 @@ def test_cli_loop_resume_conv(monkeypatch, tmp_path_factory, schedule):
     comm = _world()
     P = comm.Get_size()
     base = comm.bcast(str(tmp_path_factory.mktemp("rc")) if comm.Get_rank() == 0 else None)
-    monkeypatch.setattr(radmm_conv, "build_layers", lambda cfg, ds, dtype, device: (conv_layers(blocks=P), False))
+    monkeypatch.setattr(radmm_conv, "build_layers", lambda cfg, ds, dtype, device: (conv_layers(blocks=P), False, None))
     monkeypatch.setattr(loop, "load_dataset", lambda dcfg: conv_dataset())
 
     def run(name, iters, resume=None):

@@ -37,16 +37,17 @@ def params_from(cfg, task: str) -> Params:
 
 
 def build_layers(cfg, ds, dtype, device):
-    """(layers, fc): the network as Layers, seeded by train.seed (the same on every rank)."""
+    """(layers, fc, model): the network as Layers, seeded by train.seed (the same on every rank);
+    model is the nn.Module they are views of (None for the FCResNet)."""
     gen = torch.Generator().manual_seed(cfg.train.seed)
     m = cfg.model
     if m.arch == "fcresnet":
         from radmm_hpc.models.fcresnet import init_weights
         w = init_weights(ds.d_in, m.width, m.depth, ds.d_out, True, m.init_scale, gen, dtype, device)
-        return fc_layers(w), True
+        return fc_layers(w), True, None
     from radmm_hpc.models import build_model
     model = build_model(cfg, ds, gen, dtype, device)
-    return module_layers(model), False
+    return module_layers(model), False, model
 
 
 def inputs(ds, split, dtype, device, fc: bool):
@@ -79,8 +80,7 @@ class GeneralRadmmTrainer(RadmmTrainer):
         self.p = params_from(cfg, ds.task)
         self.schedule = cfg.radmm.schedule
         self.comm = rt.comm
-        self.layers, self.fc = build_layers(cfg, ds, self.dtype, self.device)
-        self.backprop_baseline = self.fc      # the Adam baseline scores FCResNet weight lists
+        self.layers, self.fc, self.model = build_layers(cfg, ds, self.dtype, self.device)
         self.L = L = len(self.layers)
         distributed = self.schedule in ("two-colour", "jacobi")
         self.P = rt.size if distributed else 1
@@ -322,6 +322,11 @@ class GeneralRadmmTrainer(RadmmTrainer):
     @torch.no_grad()
     def final_scores(self, weights) -> dict:
         self._load_exported(weights)
+        if self.model is not None:       # the model in eval mode: the same map as the layers
+            from radmm_hpc.scoring import score_model
+            for lay in self.layers:
+                lay.sync_module()
+            return score_model(self.model, self.ds)
         out = {}
         for split in ("train", "test"):
             X, y = inputs(self.ds, split, self.dtype, self.device, self.fc)
@@ -340,6 +345,11 @@ class GeneralRadmmTrainer(RadmmTrainer):
             return super().save_final(path, [w.view(lay.shapes[0]) for w, lay in zip(weights, self.layers)])
         import h5py
         self._load_exported(weights)
+        if self.model is not None:
+            from radmm_hpc.modelio import save_named_params
+            for lay in self.layers:
+                lay.sync_module()
+            return save_named_params(path, self.model, self.cfg, self.ds)
         with h5py.File(path, "w") as fh:
             fh.attrs["arch"] = self.cfg.model.arch
             for i, lay in enumerate(self.layers, start=1):
