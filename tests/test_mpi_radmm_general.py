@@ -13,6 +13,10 @@ def _world():
     return MPI.COMM_WORLD
 
 
+def _state_bytes(tr):
+    return sum(a.nbytes for k, a in tr.state().items() if not k.startswith(("best/", "tau/W/")))
+
+
 def _rel(a, b):
     return float((a - b).norm() / max(float(b.norm()), 1e-300))
 
@@ -27,6 +31,7 @@ def test_two_colour_equals_serial_redblack_conv(monkeypatch):
     for it in range(3):
         par.step(it)
         ser.step(it)
+    assert mpi_all(_state_bytes(par) == par.predicted_state_bytes())    # the memory formula
     S = ser.eng.owned()
     worst = max(_rel(t, S[k]) for k, t in par.eng.owned().items())
     m_par, m_ser = par.metrics(), ser.metrics()
@@ -50,6 +55,7 @@ def test_jacobi_decreases_merit_and_resumes(monkeypatch):
     b.load_state(saved)
     for it in range(2, 4):
         b.step(it)
+    assert mpi_all(_state_bytes(b) == b.predicted_state_bytes())
     B = b.eng.owned()
     same = all(torch.equal(t, B[k]) for k, t in a.eng.owned().items())
     ok = same and m1["lagrangian"] < m0["lagrangian"] and m1["train_loss"] < m0["train_loss"]

@@ -161,6 +161,27 @@ class GeneralRadmmTrainer(RadmmTrainer):
             self._exchange({self.r - 1: self._first_layer()} if not self.first else {},
                            {self.r + 1: self._ghost_next()} if not self.last else {}, TAG_BWD)
 
+    # ---- memory model (docs/radmm.md, "Memory per rank") ---------------------------------------
+    def predicted_state_bytes(self) -> int:
+        """Bytes of this rank's iterates by the formula of the docs: per sample, V_l (and U_l)
+        and one τ per owned layer, the boundary copies of the schedule, V_L and Λ on the last
+        rank; plus the owned (and ghost) weight vectors. Equals the numeric state() minus the
+        keep_best weights and the scalar τ of the W steps (a test checks it)."""
+        size = [int(np.prod(s)) for s in self.shapes]        # |V_l| per sample, l = 0..L
+        k = 2 if self.p.three else 1
+        per = sum(k * size[l] + 1 for l in range(self.s, self.e + 1))
+        nw = sum(self.layers[l - 1].w.numel() for l in self.own_layers() if self.layers[l - 1].w is not None)
+        if self.P > 1 and self.schedule == "two-colour":
+            per += size[self.s - 1] if not self.first else 0
+            if not self.last:
+                per += k * size[self.e + 1]
+                nw += self.layers[self.e].w.numel()
+        elif self.jac:
+            per += (3 * size[self.s - 1] + 1 if not self.first else 0) + (2 * size[self.e] if not self.last else 0)
+        if self.last:
+            per += 2 * size[self.L]
+        return (torch.finfo(self.dtype).bits // 8) * (self.N * per + nw)
+
     # ---- exchanges -----------------------------------------------------------------------------
     def _exchange(self, sends, recvs, tag):
         self.comm.exchange_device(sends, recvs, tag)

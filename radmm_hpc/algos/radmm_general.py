@@ -116,6 +116,12 @@ def _pdot(a: Tensor, b: Tensor) -> Tensor:
     return (a * b).reshape(a.shape[0], -1).sum(1)
 
 
+def _slack(t: Tensor) -> float:
+    """Relative round-off allowance of the descent-lemma test: without it float32 rounding
+    fails the test at every τ and the step shrinks to nothing."""
+    return max(1e-12, 64 * torch.finfo(t.dtype).eps)
+
+
 def _col(v: Tensor, like: Tensor) -> Tensor:
     """Broadcast a per-sample vector over a sample tensor's other dimensions."""
     return v.view(-1, *([1] * (like.dim() - 1)))
@@ -260,7 +266,7 @@ class Engine:
                 cand = ((tau + p.omega) * wk - grad) / (tau + p.omega + N * p.lam)
                 D = cand - wk
                 h1 = sum(float(self.h_w(l, cand, sl, jacobi)) for sl in self.ch.slices)
-                if h1 <= h0 + float(grad @ D) + 0.5 * tau * float(D @ D) + 1e-12 * max(1.0, abs(h0)):
+                if h1 <= h0 + float(grad @ D) + 0.5 * tau * float(D @ D) + _slack(wk) * max(1.0, abs(h0)):
                     break
                 tau *= 2.0
         lay.w, self.tauW[l] = cand, tau
@@ -277,7 +283,7 @@ class Engine:
             cand = exact(xk, grad, _col(tau, xk))
             for _ in range(self.p.max_backtracks):
                 D = cand - xk
-                bad = h(cand) > h0 + _pdot(grad, D) + 0.5 * tau * _ps(D) + 1e-12 * torch.clamp(h0.abs(), min=1.0)
+                bad = h(cand) > h0 + _pdot(grad, D) + 0.5 * tau * _ps(D) + _slack(xk) * torch.clamp(h0.abs(), min=1.0)
                 if not bool(bad.any()):
                     break
                 tau = torch.where(bad, 2.0 * tau, tau)
@@ -333,11 +339,12 @@ class Engine:
             Y, Lam = ch.get(self.Y, sl), ch.get(self.Lam, sl)
             if p.loss == "squared":
                 VL = (Y - Lam + p.beta * Z) / (1.0 + p.beta)
-            else:     # radmm_blocks' Newton solve with W_L = I and V_{L-1} = Z (samples as columns)
-                eye = torch.eye(Z.shape[1], dtype=Z.dtype, device=Z.device)
-                VL = rb.update_V_out_xent(Y.T, Lam.T, eye, Z.T.contiguous(), p.beta,
-                                          V0=ch.get(self.V[self.L], sl).T, tol=p.xent_tol,
-                                          max_iter=p.xent_max_iter).T
+            else:     # radmm_blocks' Newton solve with W_L = I and V_{L-1} = Z (samples as columns),
+                # in float64: its small (dy per sample) and its stopping test needs the precision
+                eye = torch.eye(Z.shape[1], dtype=torch.float64, device=Z.device)
+                VL = rb.update_V_out_xent(Y.T.double(), Lam.T.double(), eye, Z.T.double(), p.beta,
+                                          V0=ch.get(self.V[self.L], sl).T.double(), tol=p.xent_tol,
+                                          max_iter=p.xent_max_iter).T.to(Z.dtype)
             ch.put(self.V[self.L], sl, VL)
             ch.put(self.Lam, sl, Lam + p.beta * (VL - Z))
 
