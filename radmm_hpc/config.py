@@ -107,6 +107,7 @@ class RadmmConvCfg:
     chunk: int = 0                # samples per chunk of a sweep (0 = all at once)
     aux_memory: str = "auto"      # auto | device | host: where per-sample U, V, Λ live
     max_backtracks: int = 40      # doublings of a step's τ before it is taken as it is
+    inner_steps: int = 1          # proximal-gradient steps per W block and sweep
 
 
 @dataclass
@@ -278,6 +279,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     _positive("radmmconv.chunk", rc.chunk, strict=False)
     _choice("radmmconv.aux_memory", rc.aux_memory, ("auto", "device", "host"))
     _positive("radmmconv.max_backtracks", rc.max_backtracks)
+    _positive("radmmconv.inner_steps", rc.inner_steps)
 
 
 def _validate_conv_model(m, d) -> None:

@@ -33,7 +33,7 @@ def params_from(cfg, task: str) -> Params:
     r, c = cfg.radmm, cfg.radmmconv
     return Params(gamma=r.gamma, rho=r.rho, beta=r.beta, omega=r.omega, lam=r.lam, beta_b=r.beta_b,
                   three=r.splitting == "three", loss="xent" if task == "classification" else "squared",
-                  max_backtracks=c.max_backtracks)
+                  max_backtracks=c.max_backtracks, inner=c.inner_steps)
 
 
 def build_layers(cfg, ds, dtype, device):

@@ -99,6 +99,7 @@ class Params:
     three: bool = True           # three-splitting (with U) or two-splitting
     loss: str = "squared"        # squared | xent
     max_backtracks: int = 40
+    inner: int = 1               # proximal-gradient steps per W block and sweep (each a descent step)
     xent_tol: float = 1e-10
     xent_max_iter: int = 50
 
@@ -350,7 +351,8 @@ class Engine:
 
     def update_layer(self, l: int, jacobi: bool = False, override: bool = False) -> None:
         """One Gauss–Seidel block group: W_l, U_l, V_l (hidden) or W_L, V_L, Λ (head)."""
-        self.step_w(l, jacobi)
+        for _ in range(self.p.inner):
+            self.step_w(l, jacobi)
         if l == self.L:
             self.step_head_vl()
         else:
