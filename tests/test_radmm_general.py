@@ -16,21 +16,21 @@ def _merit(eng):
 
 @pytest.mark.parametrize("three, post", [(True, "relu_sum"), (False, "relu_sum"), (True, "linear")])
 def test_merit_decreases_on_conv_resnet(three, post):
-    X, Y, _ = digits()
+    X, Y, _ = digits(n=32)
     eng = engine(conv_layers(post=post), X, Y, params(three=three))
     vals = [_merit(eng)]
-    for _ in range(10):
+    for _ in range(6):
         serial_sweep(eng)
         vals.append(_merit(eng))
     # every block step is a descent step; the multiplier ascent is dominated (β > 1): monotone
     assert all(b <= a + 1e-9 * abs(a) for a, b in zip(vals, vals[1:])), vals
-    assert vals[-1] < vals[0] - 1e-3
+    assert vals[-1] < vals[0] - 1e-4
 
 
 def test_chunked_equals_unchunked():
-    X, Y, _ = digits(n=40)
+    X, Y, _ = digits(n=30)
     a = engine(conv_layers(), X, Y, params())
-    b = engine(conv_layers(), X, Y, params(), chunk=7)      # 7 does not divide 40
+    b = engine(conv_layers(), X, Y, params(), chunk=7)      # 7 does not divide 30
     for _ in range(3):
         serial_sweep(a)
         serial_sweep(b)

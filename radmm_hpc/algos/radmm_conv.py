@@ -209,10 +209,9 @@ class GeneralRadmmTrainer(RadmmTrainer):
 
     # ---- one iteration -------------------------------------------------------------------------
     def _owned_tensors(self):
-        out = list(self.eng.owned().values())
-        if self.jac and not self.first:
-            out += [self.eng.Q, self.eng.M]
-        return out
+        """The weights: the successive difference is measured on them (a copy of the per-sample
+        state every iteration would double the memory that chunking saves)."""
+        return [self.layers[l - 1].w for l in self.own_layers() if self.layers[l - 1].w is not None]
 
     def step(self, it: int) -> None:
         before = [t.clone() for t in self._owned_tensors()]
@@ -225,8 +224,7 @@ class GeneralRadmmTrainer(RadmmTrainer):
         else:
             self._jacobi_step()
         with self.timed("compute"):
-            self.succ_sq = sum(float(((a - b.to(a.device)) ** 2).sum())
-                               for a, b in zip(self._owned_tensors(), before))
+            self.succ_sq = sum(float(((a - b) ** 2).sum()) for a, b in zip(self._owned_tensors(), before))
 
     def _sweep_region(self) -> None:
         for l in range(self.s, self.e + 1):

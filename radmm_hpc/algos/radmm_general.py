@@ -194,15 +194,13 @@ class Engine:
         self.V[self.s - 1] = x_in
         for l in range(self.s, self.e + 1):
             lay, x = self.layer(l), self.V[l - 1]
-            us, vs = [], []
-            for sl in ch.slices:
+            U = V = None
+            for sl in ch.slices:       # chunk by chunk into the store (never all on the device)
                 xc = ch.get(x, sl)
                 u = lay.f(xc)
-                us.append(u)
-                vs.append(lay.phi(xc, u))
-            U = ch.new(us[0].shape[1:])
-            V = ch.new(vs[0].shape[1:])
-            for sl, u, v in zip(ch.slices, us, vs):
+                v = lay.phi(xc, u)
+                if V is None:
+                    U, V = ch.new(u.shape[1:]), ch.new(v.shape[1:])
                 ch.put(U, sl, u)
                 ch.put(V, sl, v)
             if self.p.three:
@@ -211,10 +209,11 @@ class Engine:
             self.tauV[l] = torch.ones(ch.n, dtype=ch.dtype, device=ch.store)
         if self.has_head:
             head, x = self.layer(self.L), self.V[self.L - 1]
-            outs = [head.f(ch.get(x, sl)) for sl in ch.slices]
-            VL = ch.new(outs[0].shape[1:])
-            Lam = ch.new(outs[0].shape[1:])
-            for sl, o in zip(ch.slices, outs):
+            VL = Lam = None
+            for sl in ch.slices:
+                o = head.f(ch.get(x, sl))
+                if VL is None:
+                    VL, Lam = ch.new(o.shape[1:]), ch.new(o.shape[1:])
                 ch.put(VL, sl, o)
                 y = ch.get(self.Y, sl)
                 ch.put(Lam, sl, rb.lagrange_multiplier_from_loss(o.T, y.T, self.p.loss).T)
