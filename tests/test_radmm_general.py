@@ -101,3 +101,27 @@ def test_too_many_ranks_is_a_config_error(monkeypatch):
     from radmmconv_helpers import conv_trainer
     with pytest.raises(ConfigError, match="hidden layers"):
         conv_trainer(monkeypatch, "serial-redblack", None, blocks=1, regions=3)
+
+
+@pytest.mark.parametrize("block, shortcut", [("post", "A"), ("pre", "B")])
+def test_resnet_layers_compose_to_the_model(block, shortcut):
+    """models/resnet.py as Layers (stem, blocks, head): their composition is model(X) in eval mode,
+    and a sweep on it lowers the merit."""
+    from radmm_hpc.algos.radmm_layers import forward_layers, module_layers
+    from radmm_hpc.config import Config
+    from radmm_hpc.models import build_model
+    from radmmconv_helpers import conv_dataset
+    cfg = Config()
+    cfg.model.arch, cfg.model.block, cfg.model.shortcut, cfg.model.base_width = "resnet8", block, shortcut, 4
+    ds = conv_dataset(n=16, n_test=4)
+    ds.image_shape = (1, 8, 8)
+    model = build_model(cfg, ds, torch.Generator().manual_seed(0), torch.float64)
+    X = torch.as_tensor(ds.X_train)
+    layers = module_layers(model)
+    assert len(layers) == 1 + 3 + 1
+    torch.testing.assert_close(forward_layers(layers, X), model.eval()(X), rtol=1e-12, atol=1e-12)
+    Y = torch.nn.functional.one_hot(torch.as_tensor(ds.y_train), 3).double()
+    eng = engine(layers, X, Y, params())
+    m0 = _merit(eng)
+    serial_sweep(eng)
+    assert _merit(eng) < m0

@@ -47,7 +47,30 @@ def build_layers(cfg, ds, dtype, device):
         return fc_layers(w), True, None
     from radmm_hpc.models import build_model
     model = build_model(cfg, ds, gen, dtype, device)
+    calibrate_norm(model, ds, dtype, device)
     return module_layers(model), False, model
+
+
+@torch.no_grad()
+def calibrate_norm(model, ds, dtype, device, samples: int = 4096, chunk: int = 512) -> None:
+    """Fix BatchNorm's statistics once, to those of the initial network on (up to `samples`)
+    training samples: RADMM's layers are per-sample maps (eval mode), and freshly initialised
+    statistics (mean 0, variance 1) would leave the activations unnormalised. The same
+    computation on every rank gives the same statistics."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None            # a cumulative average over the chunks
+    model.train()
+    X = torch.as_tensor(ds.X_train[:samples], dtype=dtype)
+    for i in range(0, len(X), chunk):
+        model(X[i:i + chunk].to(device))
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    model.eval()
 
 
 def inputs(ds, split, dtype, device, fc: bool):
