@@ -125,3 +125,25 @@ def test_resnet_layers_compose_to_the_model(block, shortcut):
     m0 = _merit(eng)
     serial_sweep(eng)
     assert _merit(eng) < m0
+
+
+def test_algo_radmm_model_resnet_runs_through_the_loop(tmp_path):
+    """`--algo radmm --model resnet8 --data digits` through the shared loop (in process):
+    forward-pass scores in summary.json and the ResNet's parameters in model.h5."""
+    import h5py
+    from radmm_hpc import loop
+    from radmm_hpc.comm import Comm
+    from radmm_hpc.config import Config, validate
+    from radmm_hpc.runtime import Runtime
+    cfg = Config()
+    cfg.model.arch, cfg.model.base_width = "resnet8", 4
+    cfg.data.name, cfg.data.train_subset = "digits", 32
+    cfg.train.iters, cfg.train.log_every, cfg.train.compare = 2, 1, False
+    cfg.train.run_dir = str(tmp_path / "run")
+    validate(cfg)
+    s = loop.train(cfg, Runtime(comm=Comm(None)))
+    assert s["model"] == "resnet8" and 0.0 <= s["test_accuracy"] <= 1.0 and s["train_loss"] > 0
+    with h5py.File(tmp_path / "run" / "model.h5") as fh:
+        names = []
+        fh.visit(names.append)
+    assert any("conv" in n or "weight" in n for n in names), names
