@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"radmm_hpc {__version__}")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
     t = sub.add_parser("train", help="train a model (the default)")
-    t.add_argument("--algo", help="training method: radmm, backprop")
+    t.add_argument("--algo", help="training method: radmm, backprop, trgl")
     t.add_argument("--data", help="data set: wine, wine-red, wine-white, digits, csv:PATH, hdf5:PATH, "
                    "synthetic-regression, synthetic-classification, mnist:DIR, cifar10:DIR")
     t.add_argument("--model", help="model architecture: fcresnet, resnet20/32/56/110 (6n+2, basic blocks), "
@@ -186,6 +186,8 @@ def cmd_eval(args) -> int:
     cfg = Config.from_dict(load_toml(cfg_path))
     if args.data:
         cfg.data.name = args.data
+    if cfg.model.arch != "fcresnet":   # a convolutional ResNet: named parameters (docs/outputs.md)
+        return _eval_named(args, cfg)
     weights, attrs = load_model(os.path.join(args.run_dir, "model.h5"))
     ds = load_dataset(cfg.data)
     if ds.d_in != attrs["d_in"] or ds.d_out != attrs["d_out"]:
@@ -193,5 +195,24 @@ def cmd_eval(args) -> int:
                         f"the model expects {attrs['d_in']} / {attrs['d_out']}")
     scores = score_weights(weights, ds, attrs["activation"], bool(attrs.get("input_bias", True)))
     for k, v in scores.items():
+        print(f"{k:<16} {v:.6g}")
+    return 0
+
+
+def _eval_named(args, cfg) -> int:
+    import torch
+    from radmm_hpc.data import load_dataset
+    from radmm_hpc.modelio import load_named_params
+    from radmm_hpc.models import build_model
+    from radmm_hpc.scoring import score_model
+    arrays, attrs = load_named_params(os.path.join(args.run_dir, "model.h5"))
+    ds = load_dataset(cfg.data)
+    if ds.d_in != attrs["d_in"] or ds.d_out != attrs["d_out"]:
+        raise UserError(f"data '{cfg.data.name}' has {ds.d_in} features / {ds.d_out} outputs, "
+                        f"the model expects {attrs['d_in']} / {attrs['d_out']}")
+    model = build_model(cfg, ds, torch.Generator(), torch.float64)
+    model.load_state_dict({k: torch.as_tensor(v, dtype=torch.float64) if v.dtype.kind == "f" else torch.as_tensor(v)
+                           for k, v in arrays.items()})
+    for k, v in score_model(model, ds).items():
         print(f"{k:<16} {v:.6g}")
     return 0

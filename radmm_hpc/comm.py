@@ -177,6 +177,31 @@ class Comm:
             out.append(got)
         return out
 
+    # ---- non-blocking point to point (pipelines: TRGL) ----------------------------------------
+    def post_send(self, tensors: Sequence[torch.Tensor], dest: int, tag: int, slot: int = 0):
+        """Pack `tensors` into this (dest, tag, slot)'s own buffer and start sending it; returns
+        the request. The caller waits on it (wait_all) before posting on the same slot again."""
+        numel = sum(t.numel() for t in tensors)
+        buf = self._buffer(("ps", dest, tag, slot), numel, tensors[0].dtype)
+        offset = 0
+        for t in tensors:   # pack (and stage GPU data to host) in one pass
+            buf[offset:offset + t.numel()].copy_(t.detach().reshape(-1))
+            offset += t.numel()
+        self.p2p_sent += buf.numel() * buf.element_size()
+        return self.mpi.Isend(_host(buf), dest=dest, tag=tag)
+
+    def post_recv(self, numel: int, dtype: torch.dtype, source: int, tag: int, slot: int = 0):
+        """Start receiving one packed message into this (source, tag, slot)'s buffer; returns
+        (request, buffer). Read the buffer only after wait_all([request])."""
+        buf = self._buffer(("pr", source, tag, slot), numel, dtype)
+        self.p2p_recv += buf.numel() * buf.element_size()
+        return self.mpi.Irecv(_host(buf), source=source, tag=tag), buf
+
+    def wait_all(self, reqs) -> None:
+        reqs = [r for r in reqs if r is not None]
+        if reqs and self.mpi is not None:
+            self._wait(reqs)
+
     # ---- device tensors (appended for conv-RADMM) ----------------------------------------------
     def cuda_aware(self) -> bool:
         """Whether MPI can read and write CUDA memory directly: decided once, collectively, by a

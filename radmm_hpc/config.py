@@ -19,7 +19,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-ALGOS = ("radmm", "backprop")
+ALGOS = ("radmm", "backprop", "trgl")
 SCHEDULES = ("serial", "serial-redblack", "two-colour", "jacobi")
 
 
@@ -101,6 +101,37 @@ class CheckpointCfg:
 
 
 @dataclass
+class TrglCfg:
+    """Module-wise training with the kinetic penalty (design/trgl.md, docs/trgl.md)."""
+    mode: str = "parallel"        # parallel | sequential | multilap | e2e (end-to-end backprop, 1 rank)
+    modules: int = 0              # K modules; 0 = the world size (on P > 1 ranks K must be P)
+    split: str = "compute"        # balance the modules by compute (MACs) or params
+    penalty: str = "kinetic"      # kinetic | none (greedy module-wise training)
+    penalise: str = "branch"      # branch (residual-branch output r) | displacement (out - shortcut(in))
+    tau: float = 1.0              # penalty weight 1/(2 tau); larger = weaker
+    tau_schedule: str = "constant"  # constant | varying (the first half of the modules use tau/2)
+    uzawa: bool = False           # adaptive: weight 1/lambda_k, lambda_k += uzawa_eta * CE_k ...
+    uzawa_eta: float = 1.0
+    uzawa_every: int = 10         # ... every uzawa_every iterations (lambda_k starts at 2 tau_k)
+    lr: float = 0.05              # SGD with momentum, one optimizer per module
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    label_smoothing: float = 0.1
+    batch_size: int = 64
+    augment: bool = True          # random crop (zero padding crop_pad) and horizontal flip
+    crop_pad: int = 4
+    flip: bool = True
+    aux_pool: int = 2             # auxiliary heads pool to aux_pool x aux_pool
+    laps: int = 2                 # multilap: laps of the sequential schedule
+    stage_iters: int = 0          # sequential/multilap: iterations of module 1 (0: train.iters / K)
+    stage_growth: int = 0         # ... module k gets stage_iters + (k-1) * stage_growth
+    val_fraction: float = 0.1     # held out of the training split for model selection
+    keep_best: bool = True        # export the parameters with the best validation accuracy
+    eval_max: int = 2048          # metrics: at most this many training samples are scored
+    in_flight: int = 2            # pipeline: message slots per neighbour (batches in flight)
+
+
+@dataclass
 class RadmmConvCfg:
     """RADMM for general residual networks (convolutional ResNets; docs/radmm.md)."""
     general: bool = False         # run the FCResNet through the general (autograd) path too
@@ -118,6 +149,7 @@ class Config:
     backprop: BackpropCfg = field(default_factory=BackpropCfg)
     radmm: RadmmCfg = field(default_factory=RadmmCfg)
     checkpoint: CheckpointCfg = field(default_factory=CheckpointCfg)
+    trgl: TrglCfg = field(default_factory=TrglCfg)
     radmmconv: RadmmConvCfg = field(default_factory=RadmmConvCfg)
 
     def to_dict(self) -> dict:
@@ -261,6 +293,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     _positive("checkpoint.every_seconds", c.every_seconds, strict=False)
     _positive("checkpoint.keep", c.keep)
     _validate_conv_model(m, d)
+    _validate_trgl(cfg, world_size)
     if t.algo == "radmm":
         if m.activation != "relu":
             raise ConfigError("RADMM's block updates are written for model.activation = relu")
@@ -294,6 +327,41 @@ def _validate_conv_model(m, d) -> None:
     _choice("model.norm", m.norm, ("batch", "none"))
     _positive("model.base_width", m.base_width)
     _positive("data.train_subset", d.train_subset, strict=False)
+
+
+def _validate_trgl(cfg: Config, world_size: int) -> None:
+    g, m = cfg.trgl, cfg.model
+    _choice("trgl.mode", g.mode, ("parallel", "sequential", "multilap", "e2e"))
+    _choice("trgl.split", g.split, ("compute", "params"))
+    _choice("trgl.penalty", g.penalty, ("kinetic", "none"))
+    _choice("trgl.penalise", g.penalise, ("branch", "displacement"))
+    _choice("trgl.tau_schedule", g.tau_schedule, ("constant", "varying"))
+    for name in ("tau", "lr", "batch_size", "uzawa_every", "laps", "aux_pool", "eval_max", "in_flight"):
+        _positive(f"trgl.{name}", getattr(g, name))
+    for name in ("modules", "momentum", "weight_decay", "crop_pad", "stage_iters", "stage_growth", "uzawa_eta"):
+        _positive(f"trgl.{name}", getattr(g, name), strict=False)
+    if not 0.0 <= g.label_smoothing < 1.0:
+        raise ConfigError(f"trgl.label_smoothing must be in [0, 1), got {g.label_smoothing}")
+    if not 0.0 < g.val_fraction < 1.0:
+        raise ConfigError(f"trgl.val_fraction must be in (0, 1), got {g.val_fraction}")
+    if cfg.train.algo != "trgl":
+        return
+    from radmm_hpc.models.resnet import parse_arch
+    parsed = parse_arch(m.arch)
+    if parsed is None:
+        raise ConfigError(f"--algo trgl trains a convolutional ResNet: set --model resnet20 (or another "
+                          f"resnet<6n+2> / resnet<9n+2>b), got model.arch = {m.arch}")
+    if g.mode == "e2e" and world_size > 1:
+        raise ConfigError(f"trgl.mode = e2e runs on 1 rank, the job has {world_size} "
+                          f"(use --algo backprop for data-parallel end-to-end training)")
+    k = g.modules or world_size
+    if world_size > 1 and k != world_size:
+        raise ConfigError(f"trgl.modules = {g.modules} but the job has {world_size} ranks: "
+                          f"rank k owns module k (set trgl.modules = 0 or {world_size})")
+    blocks = 3 * parsed[1]
+    if k > blocks:
+        raise ConfigError(f"{k} modules but {m.arch} has {blocks} residual blocks: each module needs "
+                          f"at least one (use at most {blocks} {'ranks' if world_size > 1 else 'modules'})")
 
 
 def render_toml(d: dict) -> str:

@@ -8,6 +8,7 @@ from radmm_hpc.algos.base import Trainer
 REGISTRY = {
     "radmm": "radmm_hpc.algos.radmm:RadmmTrainer",
     "backprop": "radmm_hpc.algos.backprop:BackpropTrainer",
+    "trgl": "radmm_hpc.algos.trgl:TrglTrainer",
 }
 
 
