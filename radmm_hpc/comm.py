@@ -252,3 +252,59 @@ class Comm:
         reqs = [r for r in reqs if r is not None]
         if reqs and self.mpi is not None:
             self._wait(reqs)
+
+    # ---- device tensors (appended for conv-RADMM) ----------------------------------------------
+    def cuda_aware(self) -> bool:
+        """Whether MPI can read and write CUDA memory directly: decided once, collectively, by a
+        start-up probe (the library says it supports CUDA and a device-to-device ring exchange of
+        a known pattern arrives intact on every rank); otherwise messages are staged through host
+        memory. Any failure of the probe means 'no'."""
+        if hasattr(self, "_cuda_aware"):
+            return self._cuda_aware
+        ok = 0
+        if self.mpi is not None and torch.cuda.is_available():
+            try:
+                query = getattr(MPI, "Query_cuda_support", None)
+                if query is not None and query():
+                    dev = torch.device("cuda", torch.cuda.current_device())
+                    send = torch.full((4,), float(self.rank + 1), device=dev)
+                    recv = torch.zeros(4, device=dev)
+                    torch.cuda.synchronize(dev)
+                    right, left = (self.rank + 1) % self.size, (self.rank - 1) % self.size
+                    self._wait([self.mpi.Irecv(recv, source=left, tag=999),
+                                self.mpi.Isend(send, dest=right, tag=999)])
+                    ok = int(bool(torch.all(recv == float(left + 1))))
+            except Exception:   # noqa: BLE001 - any failure means staging through the host
+                ok = 0
+        # every rank must agree (one path for all): a MIN over ranks
+        self._cuda_aware = self.mpi is not None and -self.agree_flag(-ok) == 1
+        return self._cuda_aware
+
+    def exchange_device(self, sends: Dict[int, Sequence[torch.Tensor]],
+                        recvs: Dict[int, Sequence[torch.Tensor]], tag: int = 0) -> None:
+        """`exchange` for tensors on any device: with CUDA-aware MPI (the probe above) GPU
+        messages are packed into device buffers and handed to MPI directly; otherwise (and for
+        CPU tensors) through the host-staged `exchange`."""
+        tensors = [t for ts in list(sends.values()) + list(recvs.values()) for t in ts]
+        # the probe is collective: callers run cuda_aware() on every rank at start-up; unprobed = staged
+        if (not tensors or not all(t.device.type == "cuda" for t in tensors)
+                or not getattr(self, "_cuda_aware", False)):
+            return self.exchange(sends, recvs, tag)
+        dev = tensors[0].device
+        reqs, unpack = [], []
+        for peer, ts in recvs.items():
+            buf = torch.empty(sum(t.numel() for t in ts), dtype=ts[0].dtype, device=dev)
+            reqs.append(self.mpi.Irecv(buf, source=peer, tag=tag))
+            unpack.append((buf, ts))
+            self.p2p_recv += buf.numel() * buf.element_size()
+        for peer, ts in sends.items():
+            buf = torch.cat([t.detach().reshape(-1) for t in ts])
+            torch.cuda.synchronize(dev)      # the packed data must be written before MPI reads it
+            reqs.append(self.mpi.Isend(buf, dest=peer, tag=tag))
+            self.p2p_sent += buf.numel() * buf.element_size()
+        self._wait(reqs)
+        for buf, ts in unpack:
+            offset = 0
+            for t in ts:
+                t.copy_(buf[offset:offset + t.numel()].view(t.shape))
+                offset += t.numel()

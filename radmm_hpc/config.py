@@ -185,6 +185,16 @@ class TrglCfg:
 
 
 @dataclass
+class RadmmConvCfg:
+    """RADMM for general residual networks (convolutional ResNets; docs/radmm.md)."""
+    general: bool = False         # run the FCResNet through the general (autograd) path too
+    chunk: int = 0                # samples per chunk of a sweep (0 = all at once)
+    aux_memory: str = "auto"      # auto | device | host: where per-sample U, V, Λ live
+    max_backtracks: int = 40      # doublings of a step's τ before it is taken as it is
+    inner_steps: int = 1          # proximal-gradient steps per W block and sweep
+
+
+@dataclass
 class Config:
     train: TrainCfg = field(default_factory=TrainCfg)
     model: ModelCfg = field(default_factory=ModelCfg)
@@ -197,6 +207,7 @@ class Config:
     dap: DapCfg = field(default_factory=DapCfg)
     mac: MacCfg = field(default_factory=MacCfg)
     trgl: TrglCfg = field(default_factory=TrglCfg)
+    radmmconv: RadmmConvCfg = field(default_factory=RadmmConvCfg)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -354,6 +365,11 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         if regions > m.depth:
             raise ConfigError(f"{regions} regions but model.depth = {m.depth} hidden layers: "
                               f"each region needs at least one layer (use at most {m.depth} ranks)")
+    rc = cfg.radmmconv
+    _positive("radmmconv.chunk", rc.chunk, strict=False)
+    _choice("radmmconv.aux_memory", rc.aux_memory, ("auto", "device", "host"))
+    _positive("radmmconv.max_backtracks", rc.max_backtracks)
+    _positive("radmmconv.inner_steps", rc.inner_steps)
     _validate_async(cfg, world_size)
     _validate_mac(cfg, world_size)
 

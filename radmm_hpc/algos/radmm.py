@@ -51,6 +51,13 @@ def _columns(ds, split: str, dtype, device):
 class RadmmTrainer(Trainer):
     name = "radmm"
 
+    def __new__(cls, cfg, rt, ds):
+        # other residual networks (and the FCResNet when asked) take the general linearized path
+        if cls is RadmmTrainer and (cfg.model.arch != "fcresnet" or cfg.radmmconv.general):
+            from radmm_hpc.algos.radmm_conv import GeneralRadmmTrainer
+            return super().__new__(GeneralRadmmTrainer)
+        return super().__new__(cls)
+
     def __init__(self, cfg, rt, ds):
         super().__init__(cfg, rt, ds)
         if not cfg.model.input_bias:
@@ -334,9 +341,12 @@ class RadmmTrainer(Trainer):
         if self.cfg.radmm.keep_best:
             if out["train_loss"] < self.best_loss:   # a reduced value: the same on every rank
                 self.best_loss = out["train_loss"]
-                self.best_W = {l: self.st["W"][l - 1].clone() for l in self.own_layers()}
+                self.best_W = self._snapshot_best()
             out["best_train_loss"] = self.best_loss
         return out
+
+    def _snapshot_best(self) -> dict:
+        return {l: self.st["W"][l - 1].clone() for l in self.own_layers()}
 
     def _export_W(self, l: int) -> torch.Tensor:
         return self.best_W[l] if self.best_W is not None else self.st["W"][l - 1]
