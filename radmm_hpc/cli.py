@@ -36,10 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"radmm_hpc {__version__}")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
     t = sub.add_parser("train", help="train a model (the default)")
-    t.add_argument("--algo", help="training method: radmm, backprop, trgl")
+    t.add_argument("--algo", help="training method: radmm (default), backprop, mac, trgl, asgd, dapsvrg, dapsgd")
     t.add_argument("--data", help="data set: wine, wine-red, wine-white, digits, csv:PATH, hdf5:PATH, "
                    "synthetic-regression, synthetic-classification, mnist:DIR, cifar10:DIR")
-    t.add_argument("--model", help="model architecture: fcresnet, resnet20/32/56/110 (6n+2, basic blocks), "
+    t.add_argument("--model", help="model architecture: fcresnet, mlp, resnet20/32/56/110 (6n+2, basic blocks), "
                    "resnet29b/164b (9n+2, bottleneck)")
     t.add_argument("--train-subset", dest="train_subset", type=int, metavar="N",
                    help="train on N samples of the training split (data.train_subset; 0 = all)")
