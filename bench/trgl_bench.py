@@ -85,7 +85,8 @@ def _cli(args_list, P, tag):
 def memory(args):
     print("| run | ranks | peak MB per rank | max | vs e2e |")
     print("|---|---|---|---|---|")
-    base = MODEL + ["--algo", "trgl", "--iters", str(args.iters), "--set", f"train.log_every={args.iters}"]
+    base = MODEL + ["--algo", "trgl", "--iters", str(args.iters), "--set", f"train.log_every={args.iters}",
+                    "--set", f"trgl.batch_size={args.batch}"]
     e2e = _cli(base + ["--set", "trgl.mode=e2e"], 1, "mem")
     ref = e2e["peak_mem_mb_max_rank"]
     print(f"| end-to-end | 1 | {ref:.2f} | {ref:.2f} | 1.00 |", flush=True)
@@ -100,7 +101,8 @@ def memory(args):
 def throughput(args):
     print("| run | ranks | modules | images/s | wall s (loop) |")
     print("|---|---|---|---|---|")
-    base = MODEL + ["--algo", "trgl", "--iters", str(args.iters), "--set", f"train.log_every={args.iters}"]
+    base = MODEL + ["--algo", "trgl", "--iters", str(args.iters), "--set", f"train.log_every={args.iters}",
+                    "--set", f"trgl.batch_size={args.batch}"]
     s = _cli(base + ["--set", "trgl.mode=e2e"], 1, "tp")
     print(f"| end-to-end | 1 | 1 | {s['train_images_per_s']:.0f} | {s['wall_s']:.1f} |", flush=True)
     for P in [int(p) for p in args.ranks.split(",")]:
@@ -116,6 +118,7 @@ def main():
     p.add_argument("--subsets", default="0,300")
     p.add_argument("--taus", default="0.1,1,10")
     p.add_argument("--ranks", default="1,2,4")
+    p.add_argument("--batch", type=int, default=32, help="memory/throughput: trgl.batch_size")
     args = p.parse_args()
     {"accuracy": accuracy, "memory": memory, "throughput": throughput}[args.what](args)
 
