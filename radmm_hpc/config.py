@@ -192,6 +192,13 @@ class RadmmConvCfg:
     aux_memory: str = "auto"      # auto | device | host: where per-sample U, V, Λ live
     max_backtracks: int = 40      # doublings of a step's τ before it is taken as it is
     inner_steps: int = 1          # proximal-gradient steps per W block and sweep
+    # penalties for convolutional ResNets (the [radmm] ones are the FCResNet's, tuned on Wine
+    # Quality); chosen on digits, docs/radmm.md. radmm.beta_b and radmm.splitting apply to both.
+    gamma: float = 0.01
+    rho: float = 0.01
+    beta: float = 1.5
+    lam: float = 1e-4
+    omega: float = 1e-3
 
 
 @dataclass
@@ -370,6 +377,9 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     _choice("radmmconv.aux_memory", rc.aux_memory, ("auto", "device", "host"))
     _positive("radmmconv.max_backtracks", rc.max_backtracks)
     _positive("radmmconv.inner_steps", rc.inner_steps)
+    for name in ("gamma", "rho", "beta", "omega"):
+        _positive(f"radmmconv.{name}", getattr(rc, name))
+    _positive("radmmconv.lam", rc.lam, strict=False)
     _validate_async(cfg, world_size)
     _validate_mac(cfg, world_size)
 

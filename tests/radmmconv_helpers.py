@@ -121,8 +121,9 @@ def conv_trainer(monkeypatch, schedule, mpi_comm=None, blocks=3, chunk=0, region
     cfg.model.arch = "test-conv"
     cfg.radmm.variant, cfg.radmm.splitting, cfg.radmm.schedule = "linearized", splitting, schedule
     cfg.radmm.regions = regions
-    for kk, v in dict(lam=1e-4, gamma=1.0, rho=1.0, beta=2.0, omega=0.05, beta_b=1.0).items():
-        setattr(cfg.radmm, kk, v)
+    for kk, v in dict(lam=1e-4, gamma=1.0, rho=1.0, beta=2.0, omega=0.05).items():
+        setattr(cfg.radmmconv, kk, v)
+    cfg.radmm.beta_b = 1.0
     cfg.radmmconv.chunk = chunk
     monkeypatch.setattr(radmm_conv, "build_layers",
                         lambda cfg, ds, dtype, device: (conv_layers(blocks=blocks), False, None))

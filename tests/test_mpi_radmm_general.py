@@ -88,7 +88,7 @@ def test_cli_loop_resume_conv(monkeypatch, tmp_path_factory, schedule="two-colou
         cfg.model.arch = "test-conv"
         cfg.radmm.schedule, cfg.radmm.variant = schedule, "linearized"
         for k, v in dict(lam=1e-4, gamma=1.0, rho=1.0, beta=2.0, omega=0.05).items():
-            setattr(cfg.radmm, k, v)
+            setattr(cfg.radmmconv, k, v)
         cfg.checkpoint.every, cfg.checkpoint.every_seconds = 2, 0.0
         return loop.train(cfg, Runtime(comm=Comm(comm)), resume=resume)
     straight = run("a", 4)

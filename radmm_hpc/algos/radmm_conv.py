@@ -29,17 +29,13 @@ from radmm_hpc.scoring import score_predictions, tensors_for
 TAG_FWD, TAG_BWD, TAG_EVAL, TAG_INIT = 21, 22, 23, 24
 
 
-# penalties for the convolutional ResNets (measured on digits, docs/radmm.md); a [radmm] value
-# the user left at its default (tuned for the FCResNet on Wine Quality) takes these instead
-CONV_DEFAULTS = dict(gamma=0.01, rho=0.01, beta=1.5, lam=1e-4, omega=1e-3)
+PENALTIES = ("gamma", "rho", "beta", "lam", "omega")
 
 
 def params_from(cfg, task: str) -> Params:
-    from radmm_hpc.config import RadmmCfg
-    r, c, base = cfg.radmm, cfg.radmmconv, RadmmCfg()
-    pen = {k: getattr(r, k) for k in CONV_DEFAULTS}
-    if cfg.model.arch != "fcresnet":
-        pen = {k: (CONV_DEFAULTS[k] if v == getattr(base, k) else v) for k, v in pen.items()}
+    # the FCResNet (radmmconv.general) keeps [radmm]'s penalties; other networks use [radmmconv]'s
+    r, c = cfg.radmm, cfg.radmmconv
+    pen = {k: getattr(r if cfg.model.arch == "fcresnet" else c, k) for k in PENALTIES}
     return Params(beta_b=r.beta_b, three=r.splitting == "three",
                   loss="xent" if task == "classification" else "squared",
                   max_backtracks=c.max_backtracks, inner=c.inner_steps, **pen)
