@@ -68,15 +68,19 @@ def save_named_params(path: str, model: torch.nn.Module, cfg, ds) -> None:
     os.replace(tmp, path)
 
 
-def load_named_params(path: str) -> tuple[dict, dict]:
-    """(state_dict of numpy arrays, attributes) of a save_named_params file."""
+def _open(path: str):
+    """The model file opened read-only, or a one-line UserError."""
     if not os.path.isfile(path):
         raise UserError(f"model file not found: {path}")
     try:
-        fh = h5py.File(path, "r")
+        return h5py.File(path, "r")
     except OSError:
         raise UserError(f"{path}: not an HDF5 file") from None
-    with fh:
+
+
+def load_named_params(path: str) -> tuple[dict, dict]:
+    """(state_dict of numpy arrays, attributes) of a save_named_params file."""
+    with _open(path) as fh:
         attrs = {k: (v.item() if hasattr(v, "item") and np.ndim(v) == 0 else v) for k, v in fh.attrs.items()}
         if attrs.get("format") != NAMED_FORMAT:
             raise UserError(f"{path}: not a radmm_hpc named-parameter model (format {attrs.get('format')!r})")
@@ -85,13 +89,7 @@ def load_named_params(path: str) -> tuple[dict, dict]:
 
 def load_model(path: str, dtype=torch.float64):
     """Returns (weights with the input bias folded into W_1, attributes)."""
-    if not os.path.isfile(path):
-        raise UserError(f"model file not found: {path}")
-    try:
-        fh = h5py.File(path, "r")
-    except OSError:
-        raise UserError(f"{path}: not an HDF5 file") from None
-    with fh:
+    with _open(path) as fh:
         attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in fh.attrs.items()}
         if attrs.get("format") != FORMAT:
             raise UserError(f"{path}: not a radmm_hpc model file (format {attrs.get('format')!r})")
