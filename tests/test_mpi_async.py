@@ -164,4 +164,4 @@ def test_resume_on_another_world_size_is_a_clear_error(shared_dir):
         except CollectiveError as exc:
             msg = str(exc)
     sub.Free()
-    assert mpi_all(r == P - 1 or f"written by {P} ranks; the async modes resume on the same number" in msg), msg
+    assert mpi_all(r == P - 1 or f"written by {P} ranks; --algo dapsvrg in this configuration resumes on {P} ranks only" in msg), msg
