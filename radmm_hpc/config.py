@@ -172,8 +172,8 @@ class TrglCfg:
     label_smoothing: float = 0.1
     batch_size: int = 64
     augment: bool = True          # random crop (zero padding crop_pad) and horizontal flip
-    crop_pad: int = 4
-    flip: bool = True
+    crop_pad: int = -1            # -1: image height // 8 (CIFAR 32 → 4, MNIST 28 → 3, digits 8 → 1)
+    flip: bool = False            # true for natural images (CIFAR-10); digits are not mirror-symmetric
     aux_pool: int = 2             # auxiliary heads pool to aux_pool x aux_pool
     laps: int = 2                 # multilap: laps of the sequential schedule
     stage_iters: int = 0          # sequential/multilap: iterations of module 1 (0: train.iters / K)
@@ -450,7 +450,9 @@ def _validate_trgl(cfg: Config, world_size: int) -> None:
     _choice("trgl.tau_schedule", g.tau_schedule, ("constant", "varying"))
     for name in ("tau", "lr", "batch_size", "uzawa_every", "laps", "aux_pool", "eval_max", "in_flight"):
         _positive(f"trgl.{name}", getattr(g, name))
-    for name in ("modules", "momentum", "weight_decay", "crop_pad", "stage_iters", "stage_growth", "uzawa_eta"):
+    if g.crop_pad < -1:
+        raise ConfigError(f"trgl.crop_pad must be >= 0 (or -1: image height // 8), got {g.crop_pad}")
+    for name in ("modules", "momentum", "weight_decay", "stage_iters", "stage_growth", "uzawa_eta"):
         _positive(f"trgl.{name}", getattr(g, name), strict=False)
     if not 0.0 <= g.label_smoothing < 1.0:
         raise ConfigError(f"trgl.label_smoothing must be in [0, 1), got {g.label_smoothing}")

@@ -108,7 +108,8 @@ class TrglTrainer(Trainer):
         if self.g.augment:
             gen = torch.Generator().manual_seed(int(np.random.default_rng([self.cfg.train.seed, 29, b])
                                                     .integers(2 ** 62)))
-            x = augment(x, self.g.crop_pad, self.g.flip, gen)
+            pad = self.g.crop_pad if self.g.crop_pad >= 0 else self.ds.image_shape[1] // 8
+            x = augment(x, pad, self.g.flip, gen)
         return x, y[idx]
 
     @torch.no_grad()
