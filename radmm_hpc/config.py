@@ -114,7 +114,7 @@ class PsCfg:
 class AsgdCfg:
     mode: str = "accumulate"      # accumulate (n_sync local steps, push the update) | gradient
     n_sync: int = 4               # local steps between pushes (accumulate mode)
-    lr: float = 0.05
+    lr: float = 0.002             # 0.01 diverged with 3 workers on the default 34-layer network
     momentum: float = 0.9
     batch_size: int = 32          # per worker mini-batch
     updates_per_iter: int = 16    # server updates per loop iteration

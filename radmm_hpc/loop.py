@@ -152,7 +152,8 @@ def train(cfg, rt, resume: str | None = None) -> dict | None:
                    "state_mb_max_rank": peaks["state"],
                    "run_dir": run_dir}
         if t.compare:
-            summary["baselines"] = baselines(cfg, ds, wall, rt, trainer.backprop_baseline)
+            summary["baselines"] = baselines(cfg, ds, wall, rt, trainer.backprop_baseline,
+                                             trainer.least_squares_baseline)
     comm.barrier()   # other ranks wait (sleeping, not spinning) while rank 0 runs the baselines
     if root:
         write_json(os.path.join(run_dir, "summary.json"), summary)
@@ -160,11 +161,12 @@ def train(cfg, rt, resume: str | None = None) -> dict | None:
     return summary
 
 
-def baselines(cfg, ds, seconds: float, rt, with_backprop: bool = True) -> dict:
+def baselines(cfg, ds, seconds: float, rt, with_backprop: bool = True,
+              with_least_squares: bool = True) -> dict:
     """Reference numbers on rank 0: least squares, and for non-backprop methods Adam
     backpropagation on the same network for the same wall-clock (all the node's cores)."""
     out = {}
-    ls = least_squares_scores(ds)
+    ls = least_squares_scores(ds) if with_least_squares else None
     if ls:
         out["least_squares"] = ls
     if with_backprop and cfg.train.algo != "backprop":

@@ -22,11 +22,13 @@ and, on rank 0 only, after export_weights():
     final_scores(w)     forward-pass scores of the exported network (train_* and test_*)
     save_final(path, w) model.h5 (modelio.py's layout for the FCResNet)
 The defaults below are the FCResNet's; a method with another kind of model overrides them.
-`backprop_baseline` says whether the final table shows Adam on the same network beside it.
+`backprop_baseline` says whether the final table shows Adam on the same network beside it, and
+`least_squares_baseline` whether it shows least squares (for regression data).
 """
 
     name = "base"
     backprop_baseline = True
+    least_squares_baseline = True
 
     def __init__(self, cfg, rt, ds):
         self.cfg, self.rt, self.ds = cfg, rt, ds

@@ -121,6 +121,7 @@ class DapServer:
 class DapTrainer(Trainer):
     name = "dap"
     backprop_baseline = False
+    least_squares_baseline = False   # the data's regression target became class labels here
 
     def __init__(self, cfg, rt, ds):
         super().__init__(cfg, rt, ds)
