@@ -141,7 +141,7 @@ class TrglTrainer(Trainer):
         self.acc[k] += (float(ce.detach()), float(energy.detach()), 1.0)
         self.done[k] += 1
         if self.penalty and self.g.uzawa and self.done[k] % self.g.uzawa_every == 0:
-            self.lam[k] += self.g.uzawa_eta * float(ce)
+            self.lam[k] += self.g.uzawa_eta * float(ce.detach())
         return out.detach()
 
     @torch.no_grad()
