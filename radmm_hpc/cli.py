@@ -127,7 +127,7 @@ def main(argv=None) -> int:
         code = exc.exit_code
         if rt is not None and rt.size > 1:   # only this rank saw it: end the whole job
             print(f"radmm-hpc: error (rank {rt.rank}): {exc}", file=sys.stderr, flush=True)
-            rt.comm.mpi.Abort(code)
+            _abort(rt, code)
         return _report_user_error(rt, exc)
     except Preempted as exc:   # every rank agreed on the signal and wrote its shard
         if rt.is_root:
@@ -146,8 +146,16 @@ def main(argv=None) -> int:
         print(f"radmm-hpc: internal error on rank {rank}: {type(exc).__name__}: {exc} ({where})",
               file=sys.stderr, flush=True)
         if rt is not None and rt.size > 1:
-            rt.comm.mpi.Abort(EXIT_INTERNAL)
+            _abort(rt, EXIT_INTERNAL)
         return EXIT_INTERNAL
+
+
+def _abort(rt, code: int) -> None:
+    """End every rank. The launcher forwards our stderr line asynchronously and Abort tears the
+    job down at once, so give the line a moment to leave (seen lost in CI without the pause)."""
+    import time
+    time.sleep(0.5)
+    rt.comm.mpi.Abort(code)
 
 
 def cmd_train(args, rt) -> int:
