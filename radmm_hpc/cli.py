@@ -194,7 +194,7 @@ def cmd_eval(args) -> int:
     cfg = Config.from_dict(load_toml(cfg_path))
     if args.data:
         cfg.data.name = args.data
-    if cfg.model.arch != "fcresnet":   # a convolutional ResNet: named parameters (docs/outputs.md)
+    if cfg.model.arch not in ("fcresnet", "mlp"):   # a convolutional ResNet: named parameters (docs/outputs.md)
         return _eval_named(args, cfg)
     weights, attrs = load_model(os.path.join(args.run_dir, "model.h5"))
     ds = load_dataset(cfg.data)

@@ -67,6 +67,29 @@ def predict(model: torch.nn.Module, X: torch.Tensor, chunk: int = 1024) -> torch
         model.train(was)
 
 
+@torch.no_grad()
+def calibrate_norm(model, ds, dtype, device, samples: int = 4096, chunk: int = 512) -> None:
+    """Set BatchNorm's running statistics to those of the network as it is now, on (up to
+    `samples`) training samples, a cumulative average over chunks; leaves the model in eval mode.
+    Used where the statistics cannot come from training itself: RADMM's layers are per-sample
+    maps (eval mode, statistics fixed once at the start), and A-SGD's server holds only the
+    parameters its workers push. The same computation on every rank gives the same statistics."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None            # a cumulative average over the chunks
+    model.train()
+    X = torch.as_tensor(ds.X_train[:samples], dtype=dtype)
+    for i in range(0, len(X), chunk):
+        model(X[i:i + chunk].to(device))
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    model.eval()
+
+
 def score_model(model: torch.nn.Module, ds, splits=("train", "test")) -> dict:
     """Score any nn.Module (FCResNet, ResNet, ...) by a forward pass in evaluation mode."""
     p = next(model.parameters())

@@ -114,3 +114,29 @@ def test_divergence_exits_4_on_every_rank(cli, tmp_path):
         proc, secs = cli(args, ranks=ranks, timeout=90)
         assert proc.returncode == 4, (ranks, proc.returncode, proc.stderr[-1500:])
         assert "diverged" in proc.stderr and "Traceback" not in proc.stderr and "Abort" not in proc.stderr
+
+
+@pytest.mark.parametrize("algo,ranks,extra", [
+    ("backprop", 1, ["--model", "mlp", "--set", "model.depth=3"]),
+    ("asgd", 3, ["--model", "resnet8", "--data", "digits", "--set", "model.base_width=4",
+                 "--set", "data.train_subset=256"]),
+])
+def test_final_scores_match_metrics_and_eval(cli, tmp_path, algo, ranks, extra):
+    """The summary's scores are those of the last metrics point, and `eval` recomputes them from
+    model.h5: the exported file is the network that was scored (MLPs without skips; A-SGD's
+    convolutional ResNet with BatchNorm statistics the server recomputes)."""
+    run = tmp_path / "run"
+    args = ["--algo", algo, "--run-dir", str(run), *SMALL, *extra]
+    proc, _ = cli(args, ranks=ranks, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    key = "test_r2" if "test_r2" in summary else "test_accuracy"
+    assert abs(summary[key] - last[key]) < 1e-9 and abs(summary["test_loss"] - last["test_loss"]) < 1e-6
+    if key == "test_accuracy":
+        assert summary["test_accuracy"] > 0.3          # 10 classes: chance is 0.1
+    proc, _ = cli(["eval", str(run)])
+    assert proc.returncode == 0, proc.stderr
+    got = dict(line.split() for line in proc.stdout.splitlines())
+    assert abs(float(got[key]) - summary[key]) < 1e-4
+    assert abs(float(got["test_loss"]) - summary["test_loss"]) < 1e-4

@@ -22,7 +22,7 @@ from radmm_hpc.algos.base import Trainer
 from radmm_hpc.data import shard_range
 from radmm_hpc.errors import UserError
 from radmm_hpc.models import build_model
-from radmm_hpc.scoring import loss_fn, score_predictions, tensors_for
+from radmm_hpc.scoring import calibrate_norm, loss_fn, score_model, tensors_for
 
 _NP = {torch.float32: np.float32, torch.float64: np.float64}
 
@@ -199,13 +199,17 @@ class AsgdTrainer(Trainer):
         _assign(params, self.app.t)
         return [p.detach() for p in params]
 
+    def _server_model(self):
+        """The server's network with the pushed parameters; BatchNorm statistics (which no
+        worker pushes) recomputed from the training data, so scores and model.h5 are a plain
+        eval-mode network that `eval` reproduces."""
+        self.weights()
+        calibrate_norm(self.model, self.ds, self.dtype, "cpu")
+        return self.model
+
     @torch.no_grad()
     def _scores(self) -> dict:
-        self.weights()
-        out = {}
-        for split in ("train", "test"):
-            X, y = tensors_for(self.ds, split, self.dtype, "cpu")
-            out.update(score_predictions(self.model(X), y, self.ds, split))
+        out = score_model(self._server_model(), self.ds)
         out["worker_batch_loss"] = self.last_phase_loss
         out.update(self.server.stats.summary())
         return out
@@ -222,13 +226,10 @@ class AsgdTrainer(Trainer):
         return out
 
     def save_final(self, path, weights):
-        if self.cfg.model.arch == "fcresnet":
+        if self.cfg.model.arch in ("fcresnet", "mlp"):
             return super().save_final(path, weights)
-        import h5py
-        with h5py.File(path, "w") as fh:   # other architectures: the parameters in order
-            fh.attrs.update({"format": "radmm_hpc.params/1", "arch": self.cfg.model.arch})
-            for i, w in enumerate(weights):
-                fh[f"params/{i}"] = w.cpu().numpy()
+        from radmm_hpc.modelio import save_named_params   # as backprop saves the same models
+        save_named_params(path, self._server_model(), self.cfg, self.ds)
 
     def state(self):
         if not self.rt.is_root:

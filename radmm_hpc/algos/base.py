@@ -51,7 +51,7 @@ The defaults below are the FCResNet's; a method with another kind of model overr
     def final_scores(self, weights) -> Dict[str, float]:
         from radmm_hpc.scoring import score_weights
         m = self.cfg.model
-        return score_weights(weights, self.ds, m.activation, m.input_bias)
+        return score_weights(weights, self.ds, m.activation, m.input_bias, residual=m.arch != "mlp")
 
     def save_final(self, path: str, weights) -> None:
         from radmm_hpc.modelio import save_model

@@ -24,7 +24,7 @@ from radmm_hpc.algos.radmm import RadmmTrainer
 from radmm_hpc.algos.radmm_general import Chunks, Engine, Params
 from radmm_hpc.algos.radmm_layers import fc_layers, module_layers
 from radmm_hpc.errors import ConfigError
-from radmm_hpc.scoring import score_predictions, tensors_for
+from radmm_hpc.scoring import calibrate_norm, score_predictions, tensors_for
 
 TAG_FWD, TAG_BWD, TAG_EVAL, TAG_INIT = 21, 22, 23, 24
 
@@ -54,28 +54,6 @@ def build_layers(cfg, ds, dtype, device):
     model = build_model(cfg, ds, gen, dtype, device)
     calibrate_norm(model, ds, dtype, device)
     return module_layers(model), False, model
-
-
-@torch.no_grad()
-def calibrate_norm(model, ds, dtype, device, samples: int = 4096, chunk: int = 512) -> None:
-    """Fix BatchNorm's statistics once, to those of the initial network on (up to `samples`)
-    training samples: RADMM's layers are per-sample maps (eval mode), and freshly initialised
-    statistics (mean 0, variance 1) would leave the activations unnormalised. The same
-    computation on every rank gives the same statistics."""
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None            # a cumulative average over the chunks
-    model.train()
-    X = torch.as_tensor(ds.X_train[:samples], dtype=dtype)
-    for i in range(0, len(X), chunk):
-        model(X[i:i + chunk].to(device))
-    for m, mom in zip(bns, saved):
-        m.momentum = mom
-    model.eval()
 
 
 def inputs(ds, split, dtype, device, fc: bool):
