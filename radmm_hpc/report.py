@@ -1,4 +1,5 @@
-"""`report RUN_DIR`: PNG plots of metrics.jsonl (loss curves, per-phase time per rank)."""
+"""`report RUN_DIR`: PNG plots of metrics.jsonl (loss curves, per-phase time per rank) and, for the
+parameter-server modes, of summary.json's staleness histogram."""
 
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ def report(run_dir: str) -> list[str]:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     keys = [k for k in ("train_loss", "test_loss", "lagrangian", "relaxed_objective",
-                        "primal_residual", "boundary_residual", "successive_diff") if k in rows[0]]
+                        "primal_residual", "boundary_residual", "successive_diff", "objective",
+                        "suboptimality") if k in rows[0]]
     for k in keys:
         vals = [r.get(k) for r in rows]
         if all(v is not None and v > 0 for v in vals):
@@ -76,4 +78,28 @@ def report(run_dir: str) -> list[str]:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
+
+    hist = _summary(run_dir).get("staleness_hist")
+    if hist:
+        last = max(i for i, c in enumerate(hist) if c > 0) if any(hist) else 0
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.bar(range(last + 1), hist[:last + 1])
+        ax.set_xlabel("staleness (server updates between a worker's read and its push; last bin: ≥ 63)"
+                      if last == len(hist) - 1 else "staleness (server updates between a worker's read and its push)")
+        ax.set_ylabel("pushes")
+        ax.set_title(f"staleness histogram ({sum(hist)} pushes)")
+        path = os.path.join(run_dir, "staleness.png")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
     return written
+
+
+def _summary(run_dir: str) -> dict:
+    """summary.json, or {} for a run that has not finished (the plots above need only metrics)."""
+    try:
+        with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, json.JSONDecodeError):
+        return {}

@@ -140,3 +140,7 @@ def test_final_scores_match_metrics_and_eval(cli, tmp_path, algo, ranks, extra):
     got = dict(line.split() for line in proc.stdout.splitlines())
     assert abs(float(got[key]) - summary[key]) < 1e-4
     assert abs(float(got["test_loss"]) - summary["test_loss"]) < 1e-4
+    proc, _ = cli(["report", str(run)])
+    assert proc.returncode == 0, proc.stderr
+    if algo == "asgd":   # the parameter-server modes plot their staleness histogram
+        assert (run / "staleness.png").stat().st_size > 1000
