@@ -22,7 +22,7 @@ from radmm_hpc.data import load_dataset
 from radmm_hpc.errors import EXIT_DIVERGED, Preempted, UserError
 from radmm_hpc.metrics import MetricsLog, Progress, clean, peak_rss_mb
 from radmm_hpc.runtime import CollectiveError, agree, on_root
-from radmm_hpc.scoring import least_squares_scores
+from radmm_hpc.scoring import least_squares_scores, output_layer_only_scores
 
 
 def prepare_run_dir(cfg, rt) -> str:
@@ -163,12 +163,17 @@ def train(cfg, rt, resume: str | None = None) -> dict | None:
 
 def baselines(cfg, ds, seconds: float, rt, with_backprop: bool = True,
               with_least_squares: bool = True) -> dict:
-    """Reference numbers on rank 0: least squares, and for non-backprop methods Adam
-    backpropagation on the same network for the same wall-clock (all the node's cores)."""
+    """Reference numbers on rank 0: least squares; for the FCResNet on regression data the
+    initial network with only its output layer fitted (no feature learning); and for
+    non-backprop methods Adam backpropagation on the same network for the same wall-clock (all
+    the node's cores)."""
     out = {}
     ls = least_squares_scores(ds) if with_least_squares else None
     if ls:
         out["least_squares"] = ls
+        fixed = output_layer_only_scores(cfg, ds)
+        if fixed:
+            out["output_layer_only"] = fixed
     if with_backprop and cfg.train.algo != "backprop":
         from radmm_hpc.baselines import backprop_for_seconds
         threads = torch.get_num_threads()

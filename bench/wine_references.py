@@ -1,0 +1,88 @@
+"""Reference scores on the default Wine Quality split, and where test R² comes from.
+
+Many wines appear more than once in Wine Quality (the same eleven measurements and colour, the
+same grade). With the project's seeded 80/20 split, a test row that has an identical twin in the
+training split can be predicted by memorising it. This bench counts those rows and scores, on
+"seen" (twin in train) and "unseen" test rows separately:
+  - reference regressors (scikit-learn, the `digits` extra): least squares, RBF kernel ridge,
+    gradient-boosted trees, a random forest, 15-nearest neighbours;
+  - the default network with its hidden layers left at their initialisation and only the output
+    layer fitted by least squares (what a method that learns no hidden features reaches);
+  - any trained FCResNet run directories given with --runs (their model.h5, e.g. the main job's).
+
+    OMP_NUM_THREADS=1 python bench/wine_references.py [--runs runs/main ...]
+"""
+
+import argparse
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from radmm_hpc.config import Config  # noqa: E402
+from radmm_hpc.data import load_dataset  # noqa: E402
+from radmm_hpc.modelio import load_model  # noqa: E402
+from radmm_hpc.models.fcresnet import forward, init_weights  # noqa: E402
+
+
+def r2(y, p):
+    return 1.0 - float(((y - p) ** 2).sum()) / float(((y - y.mean()) ** 2).sum())
+
+
+def references():
+    from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
+    from sklearn.kernel_ridge import KernelRidge
+    from sklearn.linear_model import LinearRegression
+    from sklearn.neighbors import KNeighborsRegressor
+    return {"least squares": LinearRegression(),
+            "kernel ridge (RBF, a=0.3, g=0.2)": KernelRidge(alpha=0.3, kernel="rbf", gamma=0.2),
+            "gradient-boosted trees (sklearn HGB)": HistGradientBoostingRegressor(random_state=0),
+            "random forest (200 trees)": RandomForestRegressor(n_estimators=200, random_state=0, n_jobs=1),
+            "15-nearest neighbours (distance)": KNeighborsRegressor(15, weights="distance")}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", nargs="*", default=[], help="run directories with an FCResNet model.h5")
+    args = ap.parse_args()
+    ds = load_dataset(Config().data)
+    Xtr, Xte = ds.X_train, ds.X_test
+    # standardised targets: R² is the same in the target's units
+    ytr, yte = ds.y_train.ravel(), ds.y_test.ravel()
+    seen_rows = {r.tobytes() for r in np.round(Xtr, 9)}
+    seen = np.array([r.tobytes() in seen_rows for r in np.round(Xte, 9)])
+    print(f"wine, split_seed {Config().data.split_seed}: {len(Xtr)} train / {len(Xte)} test rows; "
+          f"{seen.sum()} test rows ({seen.mean():.1%}) have an identical feature vector in the training split")
+    print(f"{'model':<40}{'test R2':>9}{'unseen':>9}{'seen':>9}{'train R2':>10}")
+
+    def show(name, p_test, p_train):
+        print(f"{name:<40}{r2(yte, p_test):>9.3f}{r2(yte[~seen], p_test[~seen]):>9.3f}"
+              f"{r2(yte[seen], p_test[seen]):>9.3f}{r2(ytr, p_train):>10.3f}", flush=True)
+
+    for name, m in references().items():
+        m.fit(Xtr, ytr)
+        show(name, m.predict(Xte), m.predict(Xtr))
+    cfg = Config()
+    m = cfg.model
+    w = init_weights(ds.d_in, m.width, m.depth, ds.d_out, m.input_bias, m.init_scale,
+                     torch.Generator().manual_seed(cfg.train.seed), torch.float64, "cpu")
+    feats = []
+    for X in (Xte, Xtr):
+        _, hidden = forward(w, torch.as_tensor(X, dtype=torch.float64), m.activation, m.input_bias,
+                            return_hidden=True)
+        feats.append(np.hstack([hidden[-1].numpy(), np.ones((len(X), 1))]))
+    coef, *_ = np.linalg.lstsq(feats[1], ytr, rcond=None)
+    show(f"initial {m.width}x{m.depth} net, output layer only", feats[0] @ coef, feats[1] @ coef)
+    for run in args.runs:
+        weights, attrs = load_model(os.path.join(run, "model.h5"))
+        with torch.no_grad():
+            pred = [forward(weights, torch.as_tensor(X, dtype=torch.float64), attrs["activation"],
+                            bool(attrs.get("input_bias", True)), residual=attrs.get("arch") != "mlp")
+                    .numpy().ravel() for X in (Xte, Xtr)]
+        show(f"{os.path.basename(os.path.normpath(run))} (model.h5)", *pred)
+
+
+if __name__ == "__main__":
+    main()
