@@ -10,7 +10,10 @@ training split can be predicted by memorising it. This bench counts those rows a
     layer fitted by least squares (what a method that learns no hidden features reaches);
   - any trained FCResNet run directories given with --runs (their model.h5, e.g. the main job's).
 
-    OMP_NUM_THREADS=1 python bench/wine_references.py [--runs runs/main ...]
+    OMP_NUM_THREADS=1 python bench/wine_references.py [--dedup] [--runs runs/main ...]
+
+--dedup draws the split from the distinct rows only (data.dedup = true); give it runs trained
+with `--set data.dedup=true`.
 """
 
 import argparse
@@ -28,6 +31,9 @@ from radmm_hpc.models.fcresnet import forward, init_weights  # noqa: E402
 
 
 def r2(y, p):
+    """R² of predictions p for targets y; NaN for fewer than two rows (an empty "seen" set)."""
+    if len(y) < 2:
+        return float("nan")
     return 1.0 - float(((y - p) ** 2).sum()) / float(((y - y.mean()) ** 2).sum())
 
 
@@ -46,14 +52,17 @@ def references():
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", nargs="*", default=[], help="run directories with an FCResNet model.h5")
+    ap.add_argument("--dedup", action="store_true", help="data.dedup = true")
     args = ap.parse_args()
-    ds = load_dataset(Config().data)
+    cfg = Config()
+    cfg.data.dedup = args.dedup
+    ds = load_dataset(cfg.data)
     Xtr, Xte = ds.X_train, ds.X_test
     # standardised targets: R² is the same in the target's units
     ytr, yte = ds.y_train.ravel(), ds.y_test.ravel()
     seen_rows = {r.tobytes() for r in np.round(Xtr, 9)}
     seen = np.array([r.tobytes() in seen_rows for r in np.round(Xte, 9)])
-    print(f"wine, split_seed {Config().data.split_seed}: {len(Xtr)} train / {len(Xte)} test rows; "
+    print(f"wine{' (dedup)' if args.dedup else ''}, split_seed {cfg.data.split_seed}: {len(Xtr)} train / {len(Xte)} test rows; "
           f"{seen.sum()} test rows ({seen.mean():.1%}) have an identical feature vector in the training split")
     print(f"{'model':<40}{'test R2':>9}{'unseen':>9}{'seen':>9}{'train R2':>10}")
 
@@ -64,7 +73,6 @@ def main():
     for name, m in references().items():
         m.fit(Xtr, ytr)
         show(name, m.predict(Xte), m.predict(Xtr))
-    cfg = Config()
     m = cfg.model
     w = init_weights(ds.d_in, m.width, m.depth, ds.d_out, m.input_bias, m.init_scale,
                      torch.Generator().manual_seed(cfg.train.seed), torch.float64, "cpu")

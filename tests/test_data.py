@@ -119,3 +119,30 @@ def test_digits_and_synthetic():
     assert ds.n_classes == 10 and ds.d_in == 64
     s = load_dataset(DataCfg(name="synthetic-classification", n_classes=4, n_samples=200))
     assert s.n_classes == 4 and len(s.X_train) + len(s.X_test) == 200
+
+
+def _twins(ds):
+    """Test rows whose feature vector also stands in the training split."""
+    train = {r.tobytes() for r in np.round(ds.X_train, 9)}
+    return sum(r.tobytes() in train for r in np.round(ds.X_test, 9))
+
+
+def test_dedup_removes_repeated_wines_before_the_split():
+    full = load_dataset(DataCfg(name="wine"))
+    assert _twins(full) == 359                        # the default split: 27.6% of the test rows
+    ded = load_dataset(DataCfg(name="wine", dedup=True))
+    n = len(ded.X_train) + len(ded.X_test)
+    assert n < 6497 and len(ded.X_test) == round(n * 0.2)
+    # distinct (features, target) rows only; twins left across the split have different grades
+    rows = np.hstack([np.vstack([ded.X_train, ded.X_test]),
+                      np.concatenate([ded.y_train, ded.y_test]).reshape(n, -1)])
+    assert len(np.unique(np.round(rows, 9), axis=0)) == n
+    assert _twins(ded) < 10
+
+
+def test_dedup_keeps_first_occurrences_in_order(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("a,b,y\n1,2,3\n4,5,6\n1,2,3\n7,8,9\n4,5,6\n1,2,4\n")
+    ds = load_dataset(DataCfg(name=f"csv:{path}", dedup=True, test_fraction=0.25))
+    X = np.vstack([ds.X_train, ds.X_test]) * ds.x_std + ds.x_mean
+    assert sorted(map(tuple, np.round(X).astype(int))) == [(1, 2), (1, 2), (4, 5), (7, 8)]
