@@ -7,7 +7,9 @@ Submits jobs/radmm_cpu.sbatch with a tiny float64 RADMM config and checks:
   - a job sent SIGUSR1 mid-run writes a checkpoint, exits 3, requeues itself, resumes from that
     checkpoint and completes, with final weights bit-identical to the uninterrupted job's;
   - launched with srun and no Slurm PMI, the world-size assertion stops the N one-rank jobs
-    (status 2) and the job is not requeued.
+    (status 2) and the job is not requeued;
+  - the same preemption round trip for jobs/asgd_gpu.sbatch (deterministic A-SGD, run on CPU);
+  - every other method's script (MAC, A-SGD, TRGL, backprop) runs a tiny job to completion.
 The job's Python environment: $RADMM_SLURM_VENV, else the environment running pytest (in CI
 <repo>/.venv). Every wait has a deadline; teardown stops every daemon by pid.
 """
@@ -92,14 +94,15 @@ def _dump_logs(c: MiniSlurm) -> None:
 
 class Job:
     def __init__(self, cluster: MiniSlurm, script: str, args: list[str], ntasks: int = RANKS,
-                 env: dict | None = None, tag: str = "job"):
+                 env: dict | None = None, tag: str = "job", sbatch_opts: tuple = ()):
         self.cluster = cluster
         self.tag = tag
         self.work = os.path.join(cluster.root, "work", tag)
         os.makedirs(self.work, exist_ok=True)
         self.env = {"RADMM_HOME": ROOT, "VENV": _venv(), "RUNS": os.path.join(self.work, "runs"),
                     "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", **(env or {})}
-        self.id = cluster.sbatch([f"--ntasks={ntasks}", f"--job-name={tag}", os.path.join(JOBS, script), *args],
+        self.id = cluster.sbatch([f"--ntasks={ntasks}", f"--job-name={tag}", *sbatch_opts,
+                                  os.path.join(JOBS, script), *args],
                                  cwd=self.work, env=self.env)
         self.run_dir = os.path.join(self.work, "runs", f"slurm-{self.id}")
         self.t0 = time.monotonic()
@@ -115,18 +118,46 @@ class Job:
             return self.cluster.wait_for(self.id, set(states), timeout, on_poll=on_poll)
         except Exception:
             print(f"--- job {self.id} log\n{self.log}")
+            for name in sorted(os.listdir(self.work)):   # an internal error's traceback, per rank
+                if name.startswith("radmm-hpc-error-rank"):
+                    print(f"--- {name}\n" + open(os.path.join(self.work, name), errors="replace").read()[-3000:])
             _dump_logs(self.cluster)
             raise
 
 
+# tiny deterministic A-SGD (server + 1 worker): 300 iterations take about 9 s on 2 cores
+ASGD_TINY = ["--device", "cpu", "--data", "synthetic-regression", "--set", "model.width=8", "--set", "model.depth=3",
+             "--set", "ps.deterministic=true", "--dtype", "float64", "--seed", "7", "--set", "train.deterministic=true",
+             "--set", "train.compare=false", "--iters", "300", "--checkpoint-every", "25"]
+PREEMPTABLE = {"radmm_cpu.sbatch": TINY, "asgd_gpu.sbatch": ASGD_TINY}
+
+
 @pytest.fixture(scope="module")
-def reference(cluster):
+def references(cluster):
+    """script -> its tiny job, uninterrupted (run on first use)."""
+    done = {}
+
+    def get(script):
+        if script not in done:
+            job = Job(cluster, script, PREEMPTABLE[script], tag="reference-" + script.split(".")[0],
+                      sbatch_opts=_cpu_opts(script))
+            job.info = job.wait(timeout=120)
+            job.seconds = time.monotonic() - job.t0
+            done[script] = job
+        return done[script]
+    return get
+
+
+@pytest.fixture(scope="module")
+def reference(references):
     """The tiny RADMM job, uninterrupted."""
-    job = Job(cluster, "radmm_cpu.sbatch", TINY, tag="reference")
-    info = job.wait(timeout=120)
-    job.seconds = time.monotonic() - job.t0
-    job.info = info
-    return job
+    return references("radmm_cpu.sbatch")
+
+
+def _cpu_opts(script: str) -> tuple:
+    """This 2-core test cluster has no GPUs: a GPU script's request is overridden on the sbatch
+    command line, as a user would on a CPU partition."""
+    return ("--gpus-per-node=0", f"--ntasks-per-node={RANKS}", "--cpus-per-task=1") if "gpu" in script else ()
 
 
 def _weights(path: str) -> dict:
@@ -155,9 +186,13 @@ def test_cpu_job_completes_and_writes_the_run_directory(reference):
     print(f"\nreference job {reference.id}: {reference.seconds:.1f} s from sbatch to COMPLETED")
 
 
-def test_usr1_checkpoints_requeues_and_resumes_bit_identically(cluster, reference):
+@pytest.mark.parametrize("script", sorted(PREEMPTABLE))
+def test_usr1_checkpoints_requeues_and_resumes_bit_identically(cluster, references, script):
+    reference = references(script)
+    iters = int(PREEMPTABLE[script][PREEMPTABLE[script].index("--iters") + 1])
     t0 = time.monotonic()
-    job = Job(cluster, "radmm_cpu.sbatch", TINY, tag="preempted")
+    job = Job(cluster, script, PREEMPTABLE[script], tag="preempted-" + script.split(".")[0],
+              sbatch_opts=_cpu_opts(script))
     latest = os.path.join(job.run_dir, "latest")
     # preempt once the first periodic checkpoint exists (the signal handlers are installed by then)
     job.wait({"RUNNING"}, timeout=60)
@@ -183,7 +218,7 @@ def test_usr1_checkpoints_requeues_and_resumes_bit_identically(cluster, referenc
                   job.log)
     assert m, job.log
     stopped_at, ckpt = int(m.group(1)), m.group(2)
-    assert 0 < stopped_at < 1500
+    assert 0 < stopped_at < iters
     assert "preempted (status 3), checkpoint written: scontrol requeue" in job.log
     from radmm_hpc.checkpoint import verify
     assert verify(ckpt)["iteration"] == stopped_at
@@ -243,3 +278,29 @@ def test_scancel_checkpoints_and_is_not_requeued(cluster):
     info = cluster.job(job.id)
     assert info["JobState"] == "CANCELLED" and info["Restarts"] == "0", info
     assert "scontrol requeue" not in job.log
+
+
+# the other methods' scripts, each with a tiny run on CPU ranks (a GPU script's --device cuda is
+# overridden by the --device cpu given after the script name, as a user could do)
+SMALL_NET = ["--data", "synthetic-regression", "--set", "model.width=8", "--set", "model.depth=3"]
+OTHER_SCRIPTS = {   # script: (algo, arguments)
+    "mac_cpu.sbatch": ("mac", SMALL_NET + ["--iters", "6"]),
+    "asgd_gpu.sbatch": ("asgd", ["--device", "cpu", *SMALL_NET, "--iters", "4"]),
+    "trgl_gpu.sbatch": ("trgl", ["--device", "cpu", "--model", "resnet8", "--data", "digits",
+                                 "--set", "model.base_width=4", "--set", "data.train_subset=128", "--iters", "20"]),
+    "backprop.sbatch": ("backprop", SMALL_NET + ["--iters", "20"]),
+}
+
+
+@pytest.mark.parametrize("script", sorted(OTHER_SCRIPTS))
+def test_every_method_script_runs_to_completion(cluster, script):
+    algo, args = OTHER_SCRIPTS[script]
+    job = Job(cluster, script, args + ["--set", "train.compare=false"], tag=script.split(".")[0],
+              sbatch_opts=_cpu_opts(script))
+    info = job.wait(timeout=120)
+    assert info["ExitCode"] == "0:0" and info["Restarts"] == "0", (info, job.log)
+    assert "finished:" in job.log and f"train.world_size={RANKS}" in job.log, job.log
+    with open(os.path.join(job.run_dir, "summary.json")) as fh:
+        summary = json.load(fh)
+    assert summary["world_size"] == RANKS and summary["algo"] == algo, summary
+    assert os.path.getsize(os.path.join(job.run_dir, "model.h5")) > 0
