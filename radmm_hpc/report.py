@@ -40,7 +40,7 @@ def report(run_dir: str) -> list[str]:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     keys = [k for k in ("train_loss", "test_loss", "lagrangian", "relaxed_objective",
                         "primal_residual", "boundary_residual", "successive_diff", "objective",
-                        "suboptimality") if k in rows[0]]
+                        "suboptimality", "E_Q", "violation", "aux_loss", "val_loss") if k in rows[0]]
     for k in keys:
         vals = [r.get(k) for r in rows]
         if all(v is not None and v > 0 for v in vals):
