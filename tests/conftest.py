@@ -31,3 +31,23 @@ def mpi_all(flag: bool) -> bool:
     """True on every rank only if `flag` is true on every rank."""
     from mpi4py import MPI
     return bool(MPI.COMM_WORLD.allreduce(int(bool(flag)), op=MPI.MIN))
+
+
+def world():
+    """MPI.COMM_WORLD (imported here so that serial runs never load MPI)."""
+    from mpi4py import MPI
+    return MPI.COMM_WORLD
+
+
+@pytest.fixture
+def shared_dir():
+    """One temporary directory for all ranks of an MPI test: rank 0 makes it and removes it after
+    every rank is done."""
+    import shutil
+    import tempfile
+    comm = world()
+    path = comm.bcast(tempfile.mkdtemp(prefix="radmm-mpi-") if comm.Get_rank() == 0 else None)
+    yield path
+    comm.Barrier()
+    if comm.Get_rank() == 0:
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,7 +1,6 @@
 """MAC (serial): monotone E_Q per step, the penalty path, the nested model, config, resume."""
 
 import json
-import os
 
 import numpy as np
 import pytest

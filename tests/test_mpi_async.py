@@ -2,28 +2,11 @@
 deterministic runs, N + resume + N == 2N, DAP-SVRG against DAP-SGD."""
 
 import os
-import shutil
-import tempfile
 import numpy as np
 import pytest
 
 from ckpt_helpers import runtime, tiny_cfg
-from conftest import mpi_all
-
-
-def _world():
-    from mpi4py import MPI
-    return MPI.COMM_WORLD
-
-
-@pytest.fixture
-def shared_dir():
-    comm = _world()
-    path = comm.bcast(tempfile.mkdtemp(prefix="async-mpi-") if comm.Get_rank() == 0 else None)
-    yield path
-    comm.Barrier()
-    if comm.Get_rank() == 0:
-        shutil.rmtree(path, ignore_errors=True)
+from conftest import mpi_all, world
 
 
 @pytest.mark.mpi(min_size=2)
@@ -32,7 +15,7 @@ def shared_dir():
 def test_start_stop_cycles_never_hang(deterministic, policy, jitter):
     from radmm_hpc.algos.ps_selftest import start_stop_cycles
     from radmm_hpc.comm import Comm
-    assert mpi_all(start_stop_cycles(Comm(_world()), 20, deterministic, policy, jitter))
+    assert mpi_all(start_stop_cycles(Comm(world()), 20, deterministic, policy, jitter))
 
 
 def _dap_cfg(run_dir, algo="dapsvrg", iters=3, **extra):
@@ -77,7 +60,7 @@ def _replay(tr, cfg, ds, P, trace):
 def test_replay_reproduces_mpi_iterates_exactly(shared_dir, algo):
     from radmm_hpc.algos import trainer_class
     from radmm_hpc.data import load_dataset
-    comm = _world()
+    comm = world()
     cfg = _asgd_cfg(shared_dir) if algo == "asgd" else _dap_cfg(shared_dir, algo)
     ds = load_dataset(cfg.data)
     tr = trainer_class(algo)(cfg, runtime(comm), ds)
@@ -106,7 +89,7 @@ def _final(run_dir):
 @pytest.mark.parametrize("algo", ["dapsvrg", "asgd"])
 def test_resume_n_plus_n_equals_2n(shared_dir, algo):
     from radmm_hpc.loop import train
-    comm = _world()
+    comm = world()
     make = _asgd_cfg if algo == "asgd" else _dap_cfg
     a, b = os.path.join(shared_dir, "a"), os.path.join(shared_dir, "b")
     train(make(a, iters=4), runtime(comm))
@@ -124,7 +107,7 @@ def test_dap_svrg_converges_linearly_where_dap_sgd_flattens(shared_dir):
     from radmm_hpc.algos import trainer_class
     from radmm_hpc.algos.dap_math import max_smoothness, problem, write_sparse_problem
     from radmm_hpc.data import load_dataset
-    comm = _world()
+    comm = world()
     path = os.path.join(shared_dir, "sparse.h5")
     if comm.Get_rank() == 0:
         write_sparse_problem(path, n=400, p=20, support=4)
@@ -152,7 +135,7 @@ def test_dap_svrg_converges_linearly_where_dap_sgd_flattens(shared_dir):
 def test_resume_on_another_world_size_is_a_clear_error(shared_dir):
     from radmm_hpc.loop import train
     from radmm_hpc.runtime import CollectiveError
-    comm = _world()
+    comm = world()
     r, P = comm.Get_rank(), comm.Get_size()
     run = os.path.join(shared_dir, "ws")
     train(_dap_cfg(run, iters=2, every=2), runtime(comm))

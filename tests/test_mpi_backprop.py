@@ -1,7 +1,6 @@
 """Synchronous data-parallel backprop on P ranks equals one process on the union batch."""
 
 import pytest
-import torch
 
 from conftest import mpi_all
 

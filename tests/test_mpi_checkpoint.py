@@ -2,30 +2,12 @@
 RADMM resume on another number of ranks, a write failure on one rank, damaged-shard fallback."""
 
 import os
-import shutil
-import tempfile
 
 import numpy as np
 import pytest
 
 from ckpt_helpers import flip, metrics_iters, runtime, same_weights, tiny_cfg, weights
-from conftest import mpi_all
-
-
-def _world():
-    from mpi4py import MPI
-    return MPI.COMM_WORLD
-
-
-@pytest.fixture
-def shared_dir():
-    """One directory for all ranks (rank 0 makes it, everyone removes nothing until the end)."""
-    comm = _world()
-    path = comm.bcast(tempfile.mkdtemp(prefix="ckpt-mpi-") if comm.Get_rank() == 0 else None)
-    yield path
-    comm.Barrier()
-    if comm.Get_rank() == 0:
-        shutil.rmtree(path, ignore_errors=True)
+from conftest import mpi_all, world
 
 
 def _train(cfg, comm, resume=None):
@@ -34,7 +16,7 @@ def _train(cfg, comm, resume=None):
 
 
 def _on_root(fn):
-    comm = _world()
+    comm = world()
     return comm.bcast(fn() if comm.Get_rank() == 0 else None)
 
 
@@ -42,7 +24,7 @@ def _on_root(fn):
 @pytest.mark.parametrize("algo,schedule", [("backprop", "serial"), ("radmm", "two-colour"),
                                            ("radmm", "jacobi")])
 def test_resume_is_bit_identical_under_mpi(shared_dir, algo, schedule):
-    comm = _world()
+    comm = world()
     a, b = os.path.join(shared_dir, "a"), os.path.join(shared_dir, "b")
     kw = dict(algo=algo, schedule=schedule, depth=9)
     _train(tiny_cfg(a, iters=20, **kw), comm)
@@ -69,7 +51,7 @@ def test_elastic_resume(shared_dir, algo, schedule, direction):
     from radmm_hpc.algos import trainer_class
     from radmm_hpc.checkpoint import Checkpointer
     from radmm_hpc.data import load_dataset
-    comm = _world()
+    comm = world()
     P = comm.Get_size()
     before, after = (P - 1, P) if direction == "grow" else (P, P - 1)
     run = os.path.join(shared_dir, "e")
@@ -105,7 +87,7 @@ def test_elastic_resume(shared_dir, algo, schedule, direction):
 def test_write_failure_on_one_rank_fails_every_rank_cleanly(shared_dir, monkeypatch):
     from radmm_hpc import checkpoint as ck
     from radmm_hpc.runtime import CollectiveError
-    comm = _world()
+    comm = world()
     run = os.path.join(shared_dir, "w")
     kw = dict(schedule="jacobi", depth=9)
     _train(tiny_cfg(run, iters=4, every=4, **kw), comm)
@@ -129,7 +111,7 @@ def test_damaged_shard_of_one_rank_falls_back_on_every_rank(shared_dir):
     from radmm_hpc.algos import trainer_class
     from radmm_hpc.checkpoint import Checkpointer
     from radmm_hpc.data import load_dataset
-    comm = _world()
+    comm = world()
     run = os.path.join(shared_dir, "d")
     kw = dict(schedule="two-colour", depth=9)
     _train(tiny_cfg(run, iters=8, every=4, **kw), comm)

@@ -2,26 +2,19 @@
 submodel bytes on the wire, bit-identical resume."""
 
 import os
-import shutil
-import tempfile
 
 import pytest
 import torch
 
-from conftest import mpi_all
+from conftest import mpi_all, world
 from mac_helpers import mac_cfg, trainer
-
-
-def _world():
-    from mpi4py import MPI
-    return MPI.COMM_WORLD
 
 
 @pytest.mark.mpi(min_size=2)
 @pytest.mark.parametrize("variant,depth,epochs", [("qp", 3, 1), ("al", 1, 2)])
 def test_parmac_equals_serial_mac(variant, depth, epochs):
     """depth 1 gives fewer layers than ranks: hidden layers split into unit groups."""
-    comm = _world()
+    comm = world()
     P, r = comm.Get_size(), comm.Get_rank()
     cfg = mac_cfg(depth=depth, variant=variant, epochs=epochs, shards=P, n=40 + 8 * P)
     par, ser = trainer(cfg, comm), trainer(cfg)
@@ -42,7 +35,7 @@ def test_parmac_equals_serial_mac(variant, depth, epochs):
 @pytest.mark.mpi(min_size=2)
 @pytest.mark.parametrize("epochs", [1, 3])
 def test_bytes_on_the_wire_are_the_submodel_sizes(epochs):
-    comm = _world()
+    comm = world()
     P = comm.Get_size()
     tr = trainer(mac_cfg(depth=2, epochs=epochs, n=40 + 12 * P), comm)
     sizes = sum(tr.W[sm.layer][sm.r0:sm.r1].numel() for sm in tr.subs)
@@ -59,21 +52,11 @@ def test_bytes_on_the_wire_are_the_submodel_sizes(epochs):
     assert mpi_all(ok and sum(w.numel() for w in tr.W) == sizes), (expect, tr.submodel_bytes())
 
 
-@pytest.fixture
-def shared_dir():
-    comm = _world()
-    path = comm.bcast(tempfile.mkdtemp(prefix="mac-mpi-") if comm.Get_rank() == 0 else None)
-    yield path
-    comm.Barrier()
-    if comm.Get_rank() == 0:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 @pytest.mark.mpi(min_size=2)
 def test_parmac_resume_is_bit_identical(shared_dir):
     from ckpt_helpers import metrics_iters, runtime, same_weights, tiny_cfg, weights
     from radmm_hpc.loop import train
-    comm = _world()
+    comm = world()
     a, b = os.path.join(shared_dir, "a"), os.path.join(shared_dir, "b")
     kw = dict(algo="mac", depth=2, mac__iters_per_mu=3, mac__variant="al", mac__patience=0,
               data__n_samples=40 + 12 * comm.Get_size())

@@ -1,6 +1,5 @@
 """RADMM across MPI ranks: two-colour exactness, Jacobi convergence, bytes and memory per rank."""
 
-import math
 
 import pytest
 

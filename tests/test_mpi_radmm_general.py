@@ -4,13 +4,8 @@ progress, resume (N + resume + N == 2N)."""
 import pytest
 import torch
 
-from conftest import mpi_all
+from conftest import mpi_all, world
 from radmmconv_helpers import conv_trainer
-
-
-def _world():
-    from mpi4py import MPI
-    return MPI.COMM_WORLD
 
 
 def _state_bytes(tr):
@@ -23,10 +18,10 @@ def _rel(a, b):
 
 @pytest.mark.mpi(min_size=2)
 def test_two_colour_equals_serial_redblack_conv(monkeypatch):
-    P = _world().Get_size()
+    P = world().Get_size()
     blocks = P          # P + 1 hidden layers: P does not divide them
     # the parallel run also sweeps in chunks of 5 samples (32 = 6·5 + 2): chunking changes nothing
-    par = conv_trainer(monkeypatch, "two-colour", _world(), blocks=blocks, chunk=5)
+    par = conv_trainer(monkeypatch, "two-colour", world(), blocks=blocks, chunk=5)
     ser = conv_trainer(monkeypatch, "serial-redblack", None, blocks=blocks, regions=P)
     for it in range(3):
         par.step(it)
@@ -41,8 +36,8 @@ def test_two_colour_equals_serial_redblack_conv(monkeypatch):
 
 @pytest.mark.mpi(min_size=2)
 def test_jacobi_decreases_merit_and_resumes(monkeypatch):
-    P = _world().Get_size()
-    a = conv_trainer(monkeypatch, "jacobi", _world(), blocks=P)
+    P = world().Get_size()
+    a = conv_trainer(monkeypatch, "jacobi", world(), blocks=P)
     m0 = a.metrics()
     for it in range(2):
         a.step(it)
@@ -51,7 +46,7 @@ def test_jacobi_decreases_merit_and_resumes(monkeypatch):
         a.step(it)
     m1 = a.metrics()
     # resume: a fresh trainer from the iteration-2 state, two more iterations, the same iterates
-    b = conv_trainer(monkeypatch, "jacobi", _world(), blocks=P)
+    b = conv_trainer(monkeypatch, "jacobi", world(), blocks=P)
     b.load_state(saved)
     for it in range(2, 4):
         b.step(it)
@@ -75,7 +70,7 @@ def test_cli_loop_resume_conv(monkeypatch, tmp_path_factory, schedule="two-colou
     from radmm_hpc.config import Config
     from radmm_hpc.runtime import Runtime
     from radmmconv_helpers import conv_dataset, conv_layers
-    comm = _world()
+    comm = world()
     P = comm.Get_size()
     base = comm.bcast(str(tmp_path_factory.mktemp("rc")) if comm.Get_rank() == 0 else None)
     monkeypatch.setattr(radmm_conv, "build_layers", lambda cfg, ds, dtype, device: (conv_layers(blocks=P), False, None))

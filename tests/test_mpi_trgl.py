@@ -2,20 +2,13 @@
 as single-process training with the same modules, seed and batch order; resume is exact."""
 
 import os
-import shutil
-import tempfile
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import mpi_all
+from conftest import mpi_all, world
 from trgl_helpers import trgl_cfg
-
-
-def _world():
-    from mpi4py import MPI
-    return MPI.COMM_WORLD
 
 
 def _arch(p):
@@ -29,7 +22,7 @@ def test_pipeline_equals_single_process(mode):
     from radmm_hpc.comm import Comm
     from radmm_hpc.data import load_dataset
     from radmm_hpc.runtime import Runtime
-    comm = _world()
+    comm = world()
     P, r = comm.Get_size(), comm.Get_rank()
     cfg = trgl_cfg(arch=_arch(P), mode=mode, iters=5, stage_iters=2, subset=96, uzawa=True, uzawa_every=2,
                    keep_best=False)
@@ -69,22 +62,12 @@ def test_pipeline_equals_single_process(mode):
     assert mpi_all(ok)
 
 
-@pytest.fixture
-def shared_dir():
-    comm = _world()
-    path = comm.bcast(tempfile.mkdtemp(prefix="trgl-mpi-") if comm.Get_rank() == 0 else None)
-    yield path
-    comm.Barrier()
-    if comm.Get_rank() == 0:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 @pytest.mark.mpi(min_size=2)
 def test_pipeline_resume_is_exact(shared_dir):
     from ckpt_helpers import runtime
     from radmm_hpc.loop import train
     from radmm_hpc.modelio import load_named_params
-    comm = _world()
+    comm = world()
     P = comm.Get_size()
     a, b = os.path.join(shared_dir, "a"), os.path.join(shared_dir, "b")
     train(trgl_cfg(a, arch=_arch(P), iters=6, subset=96), runtime(comm))

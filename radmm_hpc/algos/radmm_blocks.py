@@ -35,7 +35,7 @@ the two-colour PRU schedule reproduces.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -743,7 +743,6 @@ def jacobi_sweep(state: Dict, params: RADMMParams) -> Dict:
     p = params
     regions = state["regions"]
     P = len(regions)
-    L = len(state["W"])
     W, U, V = state["W"], state["U"], state["V"]
     two = p.variant == "two_split"
     lin = p.variant == "linear"

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from radmm_hpc.models.resnet import AuxHead, Block
+from radmm_hpc.models.resnet import Block
 
 
 class TrglModule(nn.Module):
