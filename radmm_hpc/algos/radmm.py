@@ -388,10 +388,16 @@ class RadmmTrainer(Trainer):
                 out[f"jacobi/{name}"] = t.detach().cpu().numpy()
         for (kind, idx), tau in st["tau"].items():
             out[f"tau/{kind}/{idx}"] = np.asarray(tau, dtype=np.float64)
-        if self.best_W is not None:
-            out["best/loss"] = np.asarray(self.best_loss, dtype=np.float64)
-            for l, w in self.best_W.items():
-                out[f"best/W/{l}"] = w.detach().cpu().numpy()
+        out.update(self._best_state())
+        return out
+
+    def _best_state(self) -> dict:
+        """keep_best's snapshot (this rank's layers) for the checkpoint."""
+        if self.best_W is None:
+            return {}
+        out = {"best/loss": np.asarray(self.best_loss, dtype=np.float64)}
+        for l, w in self.best_W.items():
+            out[f"best/W/{l}"] = w.detach().cpu().numpy()
         return out
 
     def load_state(self, state: dict) -> None:

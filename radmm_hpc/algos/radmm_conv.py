@@ -407,10 +407,7 @@ class GeneralRadmmTrainer(RadmmTrainer):
                 out[f"jacobi/{name}"] = t.detach().cpu().numpy()
         if eng.tauQ is not None:
             out[f"tau/Q/{self.r}"] = eng.tauQ.detach().cpu().numpy()
-        if self.best_W is not None:
-            out["best/loss"] = np.asarray(self.best_loss, dtype=np.float64)
-            for l, w in self.best_W.items():
-                out[f"best/W/{l}"] = w.detach().cpu().numpy()
+        out.update(self._best_state())
         return out
 
     def load_state(self, state: dict) -> None:
