@@ -121,7 +121,7 @@ class AsgdCfg:
     batch_size: int = 32          # per worker mini-batch
     updates_per_iter: int = 16    # server updates per loop iteration
     warm_start_steps: int = 0     # single-rank SGD steps on rank 0 before the first phase
-    init_model: str = ""          # or start from a model.h5 (an FCResNet of the same shape)
+    init_model: str = ""          # or start from a model.h5 of the same network (e.g. a backprop run's)
 
 
 @dataclass

@@ -9,7 +9,7 @@ import pytest
 
 from radmm_hpc.algos import dap_math as dm
 from radmm_hpc.config import Config, validate
-from radmm_hpc.errors import ConfigError
+from radmm_hpc.errors import ConfigError, UserError
 
 
 def test_prox_satisfies_the_optimality_conditions_and_beats_a_grid():
@@ -122,3 +122,42 @@ def test_failing_worker_ends_the_whole_job(cli, tmp_path):
     assert proc.returncode != 0
     assert "internal error on rank 2: RuntimeError: injected worker fault on rank 2" in proc.stderr
     assert (tmp_path / "radmm-hpc-error-rank2.log").exists()
+
+
+@pytest.mark.parametrize("model", ["fcresnet", "resnet8"])
+def test_asgd_starts_from_a_backprop_model_file(cli, tmp_path, model):
+    """asgd.init_model: the server's first parameters are those of another run's model.h5, in
+    either layout (FCResNet, or named parameters for the convolutional ResNets)."""
+    import torch
+
+    from radmm_hpc.algos.asgd import AsgdTrainer
+    from radmm_hpc.comm import Comm
+    from radmm_hpc.config import Config
+    from radmm_hpc.data import load_dataset
+    from radmm_hpc.modelio import load_model, load_named_params
+    from radmm_hpc.runtime import Runtime
+    net = (["--model", "resnet8", "--data", "digits", "--set", "model.base_width=4", "--set", "data.train_subset=128"]
+           if model == "resnet8" else ["--set", "model.width=8", "--set", "model.depth=3"])
+    run = tmp_path / "bp"
+    proc, _ = cli(["--algo", "backprop", "--iters", "5", "--set", "train.compare=false", "--run-dir", str(run), *net])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cfg = Config()
+    cfg.train.algo, cfg.model.arch = "asgd", model
+    if model == "resnet8":
+        cfg.data.name, cfg.model.base_width, cfg.data.train_subset = "digits", 4, 128
+        arrays = load_named_params(str(run / "model.h5"))[0]       # HDF5 keeps names sorted
+        from radmm_hpc.models import build_model
+        names = [k for k, _ in build_model(cfg, load_dataset(cfg.data), torch.Generator()).named_parameters()]
+        want = torch.cat([torch.as_tensor(arrays[k]).reshape(-1) for k in names])
+    else:
+        cfg.model.width, cfg.model.depth = 8, 3
+        want = torch.cat([w.reshape(-1) for w in load_model(str(run / "model.h5"))[0]])
+    ds = load_dataset(cfg.data)
+    fresh = torch.as_tensor(AsgdTrainer(cfg, Runtime(comm=Comm(None)), ds).app.x).clone()
+    cfg.asgd.init_model = str(run / "model.h5")
+    got = torch.as_tensor(AsgdTrainer(cfg, Runtime(comm=Comm(None)), ds).app.x)
+    assert got.shape == want.shape and not torch.equal(got, fresh)     # backprop moved the weights
+    assert torch.allclose(got.double(), want.double(), atol=1e-7)
+    cfg.model.base_width, cfg.model.width = 8, 16                  # another network: a clear error
+    with pytest.raises(UserError, match="do not match this model"):
+        AsgdTrainer(cfg, Runtime(comm=Comm(None)), load_dataset(cfg.data))

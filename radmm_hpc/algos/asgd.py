@@ -149,14 +149,25 @@ class AsgdTrainer(Trainer):
         self.last_phase_loss = float("nan")
 
     def _load_init(self, path):
-        from radmm_hpc.modelio import load_model
-        weights, _ = load_model(path)
-        params = list(self.model.parameters())
-        shapes = [tuple(p.shape) for p in params]
-        if [tuple(w.shape) for w in weights] != shapes:
-            raise UserError(f"asgd.init_model {path}: layer shapes {[tuple(w.shape) for w in weights]} "
-                            f"do not match this model's {shapes}")
-        _assign(params, torch.cat([w.reshape(-1).to(self.dtype) for w in weights]))
+        """Start from a model.h5 of the same network: the FCResNet layout, or the named-parameter
+        layout (e.g. a `--algo backprop --model resnet20` run's; its BatchNorm statistics come too)."""
+        if self.cfg.model.arch in ("fcresnet", "mlp"):
+            from radmm_hpc.modelio import load_model
+            weights, _ = load_model(path)
+            params = list(self.model.parameters())
+            shapes = [tuple(p.shape) for p in params]
+            if [tuple(w.shape) for w in weights] != shapes:
+                raise UserError(f"asgd.init_model {path}: layer shapes {[tuple(w.shape) for w in weights]} "
+                                f"do not match this model's {shapes}")
+            _assign(params, torch.cat([w.reshape(-1).to(self.dtype) for w in weights]))
+            return
+        from radmm_hpc.modelio import load_named_params
+        arrays, _ = load_named_params(path)
+        own = self.model.state_dict()
+        if sorted(arrays) != sorted(own) or any(tuple(arrays[k].shape) != tuple(own[k].shape) for k in own):
+            raise UserError(f"asgd.init_model {path}: its parameters do not match this model "
+                            f"({self.cfg.model.arch}, base width {self.cfg.model.base_width})")
+        self.model.load_state_dict({k: torch.as_tensor(v).to(own[k].dtype) for k, v in arrays.items()})
 
     def _warm_start(self):
         """A short single-rank phase on rank 0 (cold starts hurt asynchronous SGD)."""
