@@ -227,7 +227,7 @@ def test_usr1_checkpoints_requeues_and_resumes_bit_identically(cluster, referenc
         # Slurm holds a requeued job for about 2 minutes (Reason=BeginTime): let it start now, but
         # not within 2 s of the requeue. slurmd revokes the old run's credential at the requeue,
         # with a resolution of one second: a new run launched within the same second is refused
-        # ("Job credential revoked", the job ends FAILED 1:0; seen once in 6 runs of this module)
+        # ("Job credential revoked", the job ends FAILED 1:0; seen in 2 of 16 runs of this module)
         if (info.get("JobState") == "PENDING" and info.get("Reason") == "BeginTime"
                 and time.monotonic() - t_requeued > 2.0):
             cluster.cmd("scontrol", "update", f"JobId={job.id}", "StartTime=now", check=False)
