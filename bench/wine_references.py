@@ -27,7 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from radmm_hpc.config import Config  # noqa: E402
 from radmm_hpc.data import load_dataset  # noqa: E402
 from radmm_hpc.modelio import load_model  # noqa: E402
-from radmm_hpc.models.fcresnet import forward, init_weights  # noqa: E402
+from radmm_hpc.models.fcresnet import forward  # noqa: E402
+from radmm_hpc.scoring import output_layer_only_predictions  # noqa: E402
 
 
 def r2(y, p):
@@ -73,16 +74,9 @@ def main():
     for name, m in references().items():
         m.fit(Xtr, ytr)
         show(name, m.predict(Xte), m.predict(Xtr))
-    m = cfg.model
-    w = init_weights(ds.d_in, m.width, m.depth, ds.d_out, m.input_bias, m.init_scale,
-                     torch.Generator().manual_seed(cfg.train.seed), torch.float64, "cpu")
-    feats = []
-    for X in (Xte, Xtr):
-        _, hidden = forward(w, torch.as_tensor(X, dtype=torch.float64), m.activation, m.input_bias,
-                            return_hidden=True)
-        feats.append(np.hstack([hidden[-1].numpy(), np.ones((len(X), 1))]))
-    coef, *_ = np.linalg.lstsq(feats[1], ytr, rcond=None)
-    show(f"initial {m.width}x{m.depth} net, output layer only", feats[0] @ coef, feats[1] @ coef)
+    fixed = output_layer_only_predictions(cfg, ds)
+    show(f"initial {cfg.model.width}x{cfg.model.depth} net, output layer only",
+         fixed["test"].ravel(), fixed["train"].ravel())
     for run in args.runs:
         weights, attrs = load_model(os.path.join(run, "model.h5"))
         with torch.no_grad():

@@ -187,6 +187,7 @@ def cmd_train(args, rt) -> int:
 def cmd_eval(args) -> int:
     from radmm_hpc.data import load_dataset
     from radmm_hpc.modelio import load_model
+    from radmm_hpc.models import FC_ARCHS
     from radmm_hpc.scoring import score_weights
     cfg_path = os.path.join(args.run_dir, "config.toml")
     if not os.path.isfile(cfg_path):
@@ -194,7 +195,7 @@ def cmd_eval(args) -> int:
     cfg = Config.from_dict(load_toml(cfg_path))
     if args.data:
         cfg.data.name = args.data
-    if cfg.model.arch not in ("fcresnet", "mlp"):   # a convolutional ResNet: named parameters (docs/outputs.md)
+    if cfg.model.arch not in FC_ARCHS:   # a convolutional ResNet: named parameters (docs/outputs.md)
         return _eval_named(args, cfg)
     weights, attrs = load_model(os.path.join(args.run_dir, "model.h5"))
     ds = load_dataset(cfg.data)

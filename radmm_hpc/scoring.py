@@ -115,23 +115,33 @@ def least_squares_scores(ds) -> dict:
 
 
 @torch.no_grad()
-def output_layer_only_scores(cfg, ds) -> dict:
-    """The FCResNet (or MLP) at its seeded initialisation with only the output layer fitted by
-    least squares on the last hidden layer (regression only): what a trainer reaches that learns
-    no hidden features. A method's scores are worth reading against this line (docs/radmm.md)."""
+def output_layer_only_predictions(cfg, ds) -> dict | None:
+    """{"train": …, "test": …} predictions (standardised target) of the FCResNet (or MLP) at its
+    seeded initialisation with only the output layer fitted by least squares on the last hidden
+    layer: what a trainer reaches that learns no hidden features. None where it does not apply
+    (classification, convolutional ResNets)."""
+    from radmm_hpc.models import FC_ARCHS
     from radmm_hpc.models.fcresnet import init_weights
     m = cfg.model
-    if ds.task != "regression" or m.arch not in ("fcresnet", "mlp"):
-        return {}
+    if ds.task != "regression" or m.arch not in FC_ARCHS:
+        return None
     w = init_weights(ds.d_in, m.width, m.depth, ds.d_out, m.input_bias, m.init_scale,
                      torch.Generator().manual_seed(cfg.train.seed), torch.float64, "cpu")
-    residual = m.arch == "fcresnet"
     feats = {}
     for split in ("train", "test"):
         X, _ = tensors_for(ds, split, torch.float64, "cpu")
-        _, hidden = forward(w, X, m.activation, m.input_bias, return_hidden=True, residual=residual)
+        _, hidden = forward(w, X, m.activation, m.input_bias, return_hidden=True, residual=m.arch == "fcresnet")
         feats[split] = hidden[-1].numpy()
     coef, *_ = np.linalg.lstsq(feats["train"], ds.y_train, rcond=None)
+    return {split: feats[split] @ coef for split in feats}
+
+
+def output_layer_only_scores(cfg, ds) -> dict:
+    """Scores of output_layer_only_predictions ({} where it does not apply): a method's scores
+    are worth reading against this line (docs/radmm.md)."""
+    pred = output_layer_only_predictions(cfg, ds)
+    if pred is None:
+        return {}
     return {k: v for split in ("train", "test")
-            for k, v in score_predictions(torch.as_tensor(feats[split] @ coef),
+            for k, v in score_predictions(torch.as_tensor(pred[split]),
                                           torch.as_tensor(getattr(ds, f"y_{split}")), ds, split).items()}

@@ -21,7 +21,7 @@ from radmm_hpc.algos import ps
 from radmm_hpc.algos.base import Trainer
 from radmm_hpc.data import shard_range
 from radmm_hpc.errors import UserError
-from radmm_hpc.models import build_model
+from radmm_hpc.models import FC_ARCHS, build_model
 from radmm_hpc.scoring import calibrate_norm, loss_fn, score_model, tensors_for
 
 _NP = {torch.float32: np.float32, torch.float64: np.float64}
@@ -151,7 +151,7 @@ class AsgdTrainer(Trainer):
     def _load_init(self, path):
         """Start from a model.h5 of the same network: the FCResNet layout, or the named-parameter
         layout (e.g. a `--algo backprop --model resnet20` run's; its BatchNorm statistics come too)."""
-        if self.cfg.model.arch in ("fcresnet", "mlp"):
+        if self.cfg.model.arch in FC_ARCHS:
             from radmm_hpc.modelio import load_model
             weights, _ = load_model(path)
             params = list(self.model.parameters())
@@ -237,7 +237,7 @@ class AsgdTrainer(Trainer):
         return out
 
     def save_final(self, path, weights):
-        if self.cfg.model.arch in ("fcresnet", "mlp"):
+        if self.cfg.model.arch in FC_ARCHS:
             return super().save_final(path, weights)
         from radmm_hpc.modelio import save_named_params   # as backprop saves the same models
         save_named_params(path, self._server_model(), self.cfg, self.ds)

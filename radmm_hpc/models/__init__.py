@@ -5,12 +5,14 @@ import torch
 
 from radmm_hpc.models.fcresnet import FCResNet, activation_fn, init_weights, split_layers
 
+FC_ARCHS = ("fcresnet", "mlp")   # weight-list networks (modelio's FCResNet layout); others are ResNets
+
 
 def build_model(cfg, ds, generator: torch.Generator, dtype=torch.float32, device="cpu") -> torch.nn.Module:
     """The network named by cfg.model.arch for data set `ds`, seeded by `generator` (the same
     seed gives the same parameters on every rank)."""
     m = cfg.model
-    if m.arch in ("fcresnet", "mlp"):   # mlp: the same layers without the skip connections
+    if m.arch in FC_ARCHS:   # mlp: the same layers without the skip connections
         weights = init_weights(ds.d_in, m.width, m.depth, ds.d_out, m.input_bias, m.init_scale,
                                generator, dtype, device)
         return FCResNet(weights, m.activation, m.input_bias, residual=m.arch == "fcresnet")
@@ -20,4 +22,4 @@ def build_model(cfg, ds, generator: torch.Generator, dtype=torch.float32, device
     raise KeyError(m.arch)
 
 
-__all__ = ["FCResNet", "activation_fn", "build_model", "init_weights", "split_layers"]
+__all__ = ["FC_ARCHS", "FCResNet", "activation_fn", "build_model", "init_weights", "split_layers"]
