@@ -5,6 +5,9 @@ way — selected ON THE TEST SET, so an optimistic ceiling for any trainer of th
 fair score. Used in docs/radmm.md to judge the main job's R² target.
 
     OMP_NUM_THREADS=1 python bench/wine_ceiling.py [--epochs 300] [--configs 64x34,256x4]
+        [--lrs 1e-3] [--wds 0]
+
+--wds gives AdamW's decoupled weight decay (0 = plain Adam); every (config, lr, wd) is one run.
 """
 
 import argparse
@@ -26,18 +29,23 @@ def main():
     ap.add_argument("--epochs", type=int, default=300)
     ap.add_argument("--configs", default="64x34,256x4", help="WIDTHxDEPTH,...")
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lrs", default="1e-3", help="learning rates, comma-separated")
+    ap.add_argument("--wds", default="0", help="AdamW weight decays, comma-separated (0: Adam)")
     args = ap.parse_args()
     torch.manual_seed(0)
     cfg = Config()
     ds = load_dataset(cfg.data)
     X, y = tensors_for(ds, "train", torch.float32, "cpu")
-    print(f"{'width':>6}{'depth':>6}{'best test R2':>14}{'at epoch':>10}{'train R2 then':>15}"
+    print(f"{'width':>6}{'depth':>6}{'lr':>8}{'wd':>7}{'best test R2':>14}{'at epoch':>10}{'train R2 then':>15}"
           f"{'final test R2':>15}{'seconds':>9}")
-    for spec in args.configs.split(","):
+    runs = [(spec, float(lr), float(wd)) for spec in args.configs.split(",")
+            for lr in args.lrs.split(",") for wd in args.wds.split(",")]
+    for spec, lr, wd in runs:
+        torch.manual_seed(0)
         cfg.model.width, cfg.model.depth = map(int, spec.split("x"))
         model = build_model(cfg, ds, torch.Generator().manual_seed(0))
-        opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+        opt = (torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd) if wd > 0
+               else torch.optim.Adam(model.parameters(), lr=lr))
         best, t0 = (-float("inf"), 0, 0.0), time.time()
         for ep in range(args.epochs):
             perm = torch.randperm(len(X))
@@ -50,7 +58,7 @@ def main():
                 s = score_weights([p.detach() for p in model.parameters()], ds, "relu", True)
                 if s["test_r2"] > best[0]:
                     best = (s["test_r2"], ep + 1, s["train_r2"])
-        print(f"{cfg.model.width:>6}{cfg.model.depth:>6}{best[0]:>14.4f}{best[1]:>10}{best[2]:>15.3f}"
+        print(f"{cfg.model.width:>6}{cfg.model.depth:>6}{lr:>8g}{wd:>7g}{best[0]:>14.4f}{best[1]:>10}{best[2]:>15.3f}"
               f"{s['test_r2']:>15.4f}{time.time() - t0:>9.0f}", flush=True)
 
 
