@@ -12,6 +12,11 @@ are reset to the true forward pass (U, V, V_L) and Λ to −N∇ℓ(V_L), which 
 gap (target-propagation style).
 
     OMP_NUM_THREADS=1 python bench/radmm_wine_variants.py [--iters 200] [--only N ...]
+
+One run of your own instead of the table (its curve printed every --every iterations):
+
+    OMP_NUM_THREADS=1 python bench/radmm_wine_variants.py --order backward --reset 5 \
+        --set gamma=30 rho=30 beta=10 lam=1e-4 omega=0.1 --iters 1000 --every 100
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ def reset_to_forward(st, p) -> None:
     st["Lam"] = rb.lagrange_multiplier_from_loss(V[-1], st["Y"], p.loss)
 
 
-def run(ds, order, reset, settings, iters, width, depth):
+def run(ds, order, reset, settings, iters, width, depth, every=10):
     cfg = Config()
     cfg.train.dtype = "float64"
     cfg.model.width, cfg.model.depth = width, depth
@@ -66,7 +71,7 @@ def run(ds, order, reset, settings, iters, width, depth):
         rb.serial_sweep(tr.st, tr.p, sweep)
         if reset and it % reset == 0:
             reset_to_forward(tr.st, tr.p)
-        if it % 10 == 0:
+        if it % every == 0:
             curve.append((it, tr.forward_scores()))
     return curve
 
@@ -77,6 +82,10 @@ def main():
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--only", type=int, nargs="*", help="row numbers to run (default all)")
+    ap.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="one run with these [radmm] settings")
+    ap.add_argument("--order", choices=("forward", "backward"), default="forward", help="with --set")
+    ap.add_argument("--reset", type=int, default=0, help="with --set: reset every K iterations (0: never)")
+    ap.add_argument("--every", type=int, default=10, help="with --set: score every K iterations")
     args = ap.parse_args()
     ds = load_dataset(Config().data)
     ref_cfg = Config()
@@ -84,6 +93,13 @@ def main():
     ref = output_layer_only_scores(ref_cfg, ds)
     print(f"reference: the initial {args.width}x{args.depth} network, output layer only by least squares: "
           f"train R2 {ref['train_r2']:.3f}, test R2 {ref['test_r2']:.3f}")
+    if args.set is not None:
+        settings = {k: (float(v) if v[0].isdigit() else v) for k, v in (kv.split("=", 1) for kv in args.set)}
+        curve = run(ds, args.order, args.reset, settings, args.iters, args.width, args.depth, args.every)
+        print(f"{args.width}x{args.depth}, order {args.order}, reset {args.reset}, {settings}")
+        for it, sc in curve:
+            print(f"  iteration {it:>5}: train R2 {sc['train_r2']:.3f}, test R2 {sc['test_r2']:.3f}")
+        return
     print(f"{'#':>3} {'order':>8} {'reset':>5} {'settings':<68} {'best train R2 (it, test R2)':>28} "
           f"{'last train/test R2':>19} {'s':>4}")
     for n, (order, reset, settings) in enumerate(VARIANTS):
