@@ -46,15 +46,11 @@ VARIANTS += [("forward", 0, dict(BASE, gamma=g, rho=g, splitting="two")) for g i
 VARIANTS += [("backward", 0, dict(BASE, gamma=3.0, rho=3.0, lam=0.0, omega=om)) for om in (10.0, 100.0)]
 
 
-def reset_to_forward(st, p) -> None:
-    """Auxiliary variables := the true forward pass; Λ := −N∇ℓ(V_L)."""
-    U, V = rb.forward_all(st["W"], st["X"])
-    for i, v in enumerate(V):
-        st["V"][i] = v
-    if st["U"][0] is not None:
-        for i, u in enumerate(U):
-            st["U"][i] = u
-    st["Lam"] = rb.lagrange_multiplier_from_loss(V[-1], st["Y"], p.loss)
+def _value(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def run(ds, order, reset, settings, iters, width, depth, every=10):
@@ -70,7 +66,7 @@ def run(ds, order, reset, settings, iters, width, depth, every=10):
     for it in range(1, iters + 1):
         rb.serial_sweep(tr.st, tr.p, sweep)
         if reset and it % reset == 0:
-            reset_to_forward(tr.st, tr.p)
+            tr._initial_forward()   # the trainer's own start: U, V, V_L by a forward pass, Λ = −N∇ℓ(V_L)
         if it % every == 0:
             curve.append((it, tr.forward_scores()))
     return curve
@@ -94,7 +90,7 @@ def main():
     print(f"reference: the initial {args.width}x{args.depth} network, output layer only by least squares: "
           f"train R2 {ref['train_r2']:.3f}, test R2 {ref['test_r2']:.3f}")
     if args.set is not None:
-        settings = {k: (float(v) if v[0].isdigit() else v) for k, v in (kv.split("=", 1) for kv in args.set)}
+        settings = {k: _value(v) for k, v in (kv.split("=", 1) for kv in args.set)}
         curve = run(ds, args.order, args.reset, settings, args.iters, args.width, args.depth, args.every)
         print(f"{args.width}x{args.depth}, order {args.order}, reset {args.reset}, {settings}")
         for it, sc in curve:

@@ -32,7 +32,6 @@ def main():
     ap.add_argument("--lrs", default="1e-3", help="learning rates, comma-separated")
     ap.add_argument("--wds", default="0", help="AdamW weight decays, comma-separated (0: Adam)")
     args = ap.parse_args()
-    torch.manual_seed(0)
     cfg = Config()
     ds = load_dataset(cfg.data)
     X, y = tensors_for(ds, "train", torch.float32, "cpu")
@@ -41,7 +40,7 @@ def main():
     runs = [(spec, float(lr), float(wd)) for spec in args.configs.split(",")
             for lr in args.lrs.split(",") for wd in args.wds.split(",")]
     for spec, lr, wd in runs:
-        torch.manual_seed(0)
+        torch.manual_seed(0)   # the same batch order for every run
         cfg.model.width, cfg.model.depth = map(int, spec.split("x"))
         model = build_model(cfg, ds, torch.Generator().manual_seed(0))
         opt = (torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd) if wd > 0
