@@ -1,0 +1,85 @@
+"""Checkpoints written by an earlier radmm_hpc (tests/data/old-checkpoints, format version 1, made
+before the algorithms became packages) still resume, to the numbers that earlier code reached.
+
+Each case is a tiny CLI job that wrote ckpt-000004 on `ranks` ranks; resuming it to iteration 8 on
+`resume` ranks gave expected.json's record (tests/golden_runs.collect) with the old code. Radmm's
+cases resume on fewer ranks than wrote them (elastic re-sharding of FCResNet and general state).
+
+    python tests/test_old_checkpoints.py      # regenerate (only meaningful on the old code)
+"""
+
+import json
+import os
+import shutil
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from conftest import run_cli  # noqa: E402
+from golden_runs import collect, differences  # noqa: E402
+
+DATA = os.path.join(HERE, "data", "old-checkpoints")
+SMALL = ["--data", "synthetic-regression", "--set", "data.n_samples=32", "--set", "model.width=6",
+         "--set", "model.depth=4", "--set", "train.compare=false", "--set", "train.log_every=2",
+         "--dtype", "float64", "--set", "train.progress_seconds=1e9"]
+TRGL = ["--algo", "trgl", "--model", "resnet8", "--data", "digits", "--train-subset", "48",
+        "--set", "model.base_width=2", "--set", "trgl.batch_size=8", "--set", "trgl.eval_max=16",
+        "--set", "train.compare=false", "--set", "train.log_every=2", "--dtype", "float64"]
+# name -> (ranks that wrote it, ranks that resume it, CLI arguments)
+CASES = {
+    "radmm-jacobi": (2, 1, SMALL + ["--set", "radmm.schedule=jacobi"]),
+    "radmm-general-two-colour": (2, 1, SMALL + ["--set", "radmm.schedule=two-colour",
+                                                "--set", "radmmconv.general=true"]),
+    "backprop": (1, 1, SMALL + ["--algo", "backprop", "--set", "backprop.batch_size=8"]),
+    "mac": (1, 1, SMALL + ["--algo", "mac", "--set", "mac.batch_size=8", "--set", "mac.iters_per_mu=2"]),
+    "trgl": (1, 1, TRGL),
+    "asgd": (2, 2, SMALL + ["--algo", "asgd", "--set", "ps.deterministic=true",
+                            "--set", "asgd.updates_per_iter=3", "--set", "asgd.batch_size=8"]),
+}
+WRITE_ITERS, RESUME_ITERS = 4, 8
+
+
+def _resume(name, run_dir):
+    """Copy the old checkpoint into a fresh run directory and resume it to RESUME_ITERS."""
+    _, ranks, args = CASES[name]
+    os.makedirs(run_dir)
+    shutil.copytree(os.path.join(DATA, name, "ckpt-000004"), os.path.join(run_dir, "ckpt-000004"))
+    proc, _ = run_cli(args + ["--iters", str(RESUME_ITERS), "--run-dir", run_dir,
+                              "--resume", os.path.join(run_dir, "ckpt-000004")], ranks=ranks, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "resumed from" in proc.stdout
+    return collect(run_dir)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_old_checkpoint_resumes_to_the_old_numbers(tmp_path, name):
+    with open(os.path.join(DATA, "expected.json")) as fh:
+        want = json.load(fh)[name]
+    got = _resume(name, str(tmp_path / "run"))
+    diff = differences(want, got, rtol=1e-9)
+    assert not diff, diff[:10]
+
+
+def _generate():
+    import tempfile
+    if os.path.isdir(DATA):
+        shutil.rmtree(DATA)
+    os.makedirs(DATA)
+    expected = {}
+    for name, (ranks, _, args) in CASES.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            run = os.path.join(tmp, "run")
+            proc, _ = run_cli(args + ["--iters", str(WRITE_ITERS), "--checkpoint-every", str(WRITE_ITERS),
+                                      "--run-dir", run], ranks=ranks, timeout=300)
+            assert proc.returncode == 0, proc.stderr
+            shutil.copytree(os.path.join(run, "ckpt-000004"), os.path.join(DATA, name, "ckpt-000004"))
+            expected[name] = _resume(name, os.path.join(tmp, "resumed"))
+    with open(os.path.join(DATA, "expected.json"), "w") as fh:
+        json.dump(expected, fh, indent=1, sort_keys=True)
+        fh.write("\n")
+
+
+if __name__ == "__main__":
+    _generate()
