@@ -63,7 +63,7 @@ def reset_peak(dev):
 
 
 def bench_radmm(args, ds, rt):
-    from radmm_hpc.algos.radmm import RadmmTrainer
+    from radmm_hpc.algos.radmm.fcresnet import RadmmTrainer
     cfg = Config()
     cfg.model.arch, cfg.train.dtype = args.arch, args.dtype
     cfg.radmm.schedule = args.schedule if rt.size > 1 else "serial"

@@ -27,8 +27,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from radmm_hpc.algos import radmm_blocks as rb  # noqa: E402
-from radmm_hpc.algos.radmm import RadmmTrainer  # noqa: E402
+from radmm_hpc.algos.radmm import blocks as rb  # noqa: E402
+from radmm_hpc.algos.radmm.fcresnet import RadmmTrainer  # noqa: E402
 from radmm_hpc.comm import Comm  # noqa: E402
 from radmm_hpc.config import Config  # noqa: E402
 from radmm_hpc.data import load_dataset  # noqa: E402

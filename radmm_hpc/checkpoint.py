@@ -454,7 +454,7 @@ class Checkpointer:
             raise CheckpointError(f"{where}: written by {P_old} ranks; --algo {self.cfg.train.algo} in this "
                                   f"configuration resumes on {P_old} ranks only, not {P}")
         if self.cfg.train.algo == "radmm" and self.cfg.radmm.schedule in ("two-colour", "jacobi"):
-            from radmm_hpc.algos.radmm_blocks import partition_hidden
+            from radmm_hpc.algos.radmm.blocks import partition_hidden
             L = getattr(self.trainer, "L", self.cfg.model.depth + 1)   # the general path counts its layers
             if m["partition"] != [list(r) for r in partition_hidden(L - 1, P_old)]:
                 raise CheckpointError(f"{where}: layer partition {m['partition']} does not match "

@@ -2,7 +2,7 @@
 
 import torch
 
-from radmm_hpc.algos.radmm import RadmmTrainer
+from radmm_hpc.algos.radmm.fcresnet import RadmmTrainer
 from radmm_hpc.comm import Comm
 from radmm_hpc.config import Config
 from radmm_hpc.data import load_dataset

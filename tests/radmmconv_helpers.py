@@ -4,7 +4,7 @@ problems for the general RADMM tests."""
 import torch
 from torch import nn
 
-from radmm_hpc.algos.radmm_general import Chunks, Engine, Layer, Params
+from radmm_hpc.algos.radmm.engine import Chunks, Engine, Layer, Params
 
 
 class Stem(nn.Module):
@@ -111,8 +111,8 @@ def conv_dataset(n=32, n_test=16, k=3):
 
 def conv_trainer(monkeypatch, schedule, mpi_comm=None, blocks=3, chunk=0, regions=0, splitting="three"):
     """A GeneralRadmmTrainer on conv_layers(blocks) (patched in for models/resnet.py)."""
-    from radmm_hpc.algos import radmm_conv
-    from radmm_hpc.algos.radmm import RadmmTrainer
+    from radmm_hpc.algos.radmm import general as radmm_conv
+    from radmm_hpc.algos.radmm.fcresnet import RadmmTrainer
     from radmm_hpc.comm import Comm
     from radmm_hpc.config import Config
     from radmm_hpc.runtime import Runtime

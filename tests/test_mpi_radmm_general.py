@@ -65,7 +65,7 @@ def test_cli_loop_resume_conv(monkeypatch, tmp_path_factory, schedule="two-colou
     import h5py
     import numpy as np
     from radmm_hpc import loop
-    from radmm_hpc.algos import radmm_conv
+    from radmm_hpc.algos.radmm import general as radmm_conv
     from radmm_hpc.comm import Comm
     from radmm_hpc.config import Config
     from radmm_hpc.runtime import Runtime

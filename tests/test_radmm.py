@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from radmm_hpc.algos import radmm_blocks as rb
+from radmm_hpc.algos.radmm import blocks as rb
 from radmm_helpers import small_cfg, trainer
 
 

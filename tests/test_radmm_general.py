@@ -4,9 +4,9 @@ FCResNet's linearized closed forms, chunk invariance, and the trainer (serial, r
 import pytest
 import torch
 
-from radmm_hpc.algos import radmm_blocks as rb
-from radmm_hpc.algos.radmm_general import serial_sweep
-from radmm_hpc.algos.radmm_layers import fc_layers
+from radmm_hpc.algos.radmm import blocks as rb
+from radmm_hpc.algos.radmm.engine import serial_sweep
+from radmm_hpc.algos.radmm.layers import fc_layers
 from radmmconv_helpers import conv_layers, digits, engine, params
 
 
@@ -107,7 +107,7 @@ def test_too_many_ranks_is_a_config_error(monkeypatch):
 def test_resnet_layers_compose_to_the_model(block, shortcut):
     """models/resnet.py as Layers (stem, blocks, head): their composition is model(X) in eval mode,
     and a sweep on it lowers the merit."""
-    from radmm_hpc.algos.radmm_layers import forward_layers, module_layers
+    from radmm_hpc.algos.radmm.layers import forward_layers, module_layers
     from radmm_hpc.config import Config
     from radmm_hpc.models import build_model
     from radmmconv_helpers import conv_dataset

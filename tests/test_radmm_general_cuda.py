@@ -4,7 +4,7 @@ variables with chunked transfers == device-stored, and CUDA == CPU in float64.""
 import pytest
 import torch
 
-from radmm_hpc.algos.radmm_general import Chunks, Engine, serial_sweep
+from radmm_hpc.algos.radmm.engine import Chunks, Engine, serial_sweep
 from radmmconv_helpers import conv_layers, digits, params
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

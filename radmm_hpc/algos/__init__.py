@@ -6,7 +6,7 @@ from radmm_hpc.algos.base import Trainer
 
 # --algo name -> "module:class" (imported on use, so a method's dependencies load only when chosen)
 REGISTRY = {
-    "radmm": "radmm_hpc.algos.radmm:RadmmTrainer",
+    "radmm": "radmm_hpc.algos.radmm.fcresnet:RadmmTrainer",
     "backprop": "radmm_hpc.algos.backprop:BackpropTrainer",
     "asgd": "radmm_hpc.algos.asgd:AsgdTrainer", "dapsvrg": "radmm_hpc.algos.dap:DapTrainer", "dapsgd": "radmm_hpc.algos.dap:DapTrainer",
     "mac": "radmm_hpc.algos.mac:MacTrainer",

@@ -18,11 +18,11 @@ import math
 import numpy as np
 import torch
 
-from radmm_hpc.algos import radmm_blocks as rb
+from radmm_hpc.algos.radmm import blocks as rb
 from radmm_hpc.algos.base import Trainer
-from radmm_hpc.algos.radmm import RadmmTrainer
-from radmm_hpc.algos.radmm_general import Chunks, Engine, Params
-from radmm_hpc.algos.radmm_layers import fc_layers, module_layers
+from radmm_hpc.algos.radmm.fcresnet import RadmmTrainer
+from radmm_hpc.algos.radmm.engine import Chunks, Engine, Params
+from radmm_hpc.algos.radmm.layers import fc_layers, module_layers
 from radmm_hpc.errors import ConfigError
 from radmm_hpc.scoring import calibrate_norm, score_predictions, tensors_for
 

@@ -8,7 +8,7 @@ from typing import List
 import torch
 from torch import nn
 
-from radmm_hpc.algos.radmm_general import Layer
+from radmm_hpc.algos.radmm.engine import Layer
 
 
 class MatMul(nn.Module):

@@ -20,7 +20,7 @@ import math
 import numpy as np
 import torch
 
-from radmm_hpc.algos import radmm_blocks as rb
+from radmm_hpc.algos.radmm import blocks as rb
 from radmm_hpc.algos.base import Trainer
 from radmm_hpc.models.fcresnet import init_weights
 from radmm_hpc.scoring import score_predictions, tensors_for
@@ -54,7 +54,7 @@ class RadmmTrainer(Trainer):
     def __new__(cls, cfg, rt, ds):
         # other residual networks (and the FCResNet when asked) take the general linearized path
         if cls is RadmmTrainer and (cfg.model.arch != "fcresnet" or cfg.radmmconv.general):
-            from radmm_hpc.algos.radmm_conv import GeneralRadmmTrainer
+            from radmm_hpc.algos.radmm.general import GeneralRadmmTrainer
             return super().__new__(GeneralRadmmTrainer)
         return super().__new__(cls)
 

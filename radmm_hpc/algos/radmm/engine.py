@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from radmm_hpc.algos import radmm_blocks as rb
+from radmm_hpc.algos.radmm import blocks as rb
 
 POSTS = ("linear", "relu", "relu_sum")
 
