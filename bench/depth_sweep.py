@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from radmm_hpc.algos.backprop import BackpropTrainer  # noqa: E402
-from radmm_hpc.algos.radmm.fcresnet import RadmmTrainer  # noqa: E402
+from radmm_hpc.algos.radmm import make_trainer  # noqa: E402
 from radmm_hpc.comm import Comm  # noqa: E402
 from radmm_hpc.config import Config  # noqa: E402
 from radmm_hpc.data import load_dataset  # noqa: E402
@@ -42,7 +42,7 @@ def run(depth, args):
     ds = load_dataset(cfg.data)
     rows = []
     t0 = time.perf_counter()
-    tr = RadmmTrainer(cfg, rt, ds)
+    tr = make_trainer(cfg, rt, ds)
     for it in range(args.iters):
         tr.step(it)
     budget = time.perf_counter() - t0

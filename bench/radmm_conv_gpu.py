@@ -63,13 +63,13 @@ def reset_peak(dev):
 
 
 def bench_radmm(args, ds, rt):
-    from radmm_hpc.algos.radmm.fcresnet import RadmmTrainer
+    from radmm_hpc.algos.radmm import make_trainer
     cfg = Config()
     cfg.model.arch, cfg.train.dtype = args.arch, args.dtype
     cfg.radmm.schedule = args.schedule if rt.size > 1 else "serial"
     cfg.radmmconv.chunk, cfg.radmmconv.aux_memory = args.chunk, args.aux_memory
     reset_peak(rt.device)
-    tr = RadmmTrainer(cfg, rt, ds)
+    tr = make_trainer(cfg, rt, ds)
     times = []
     for it in range(args.iters):
         sync(rt.device)

@@ -1,6 +1,6 @@
 """Does any RADMM variant learn hidden features on Wine Quality? (docs/radmm.md, session 4)
 
-Serial RADMM in process (`RadmmTrainer`, schedule serial, float64) on the default split with a
+Serial RADMM in process (`FcRadmmTrainer`, schedule serial, float64) on the default split with a
 64-wide, 4-hidden-layer FCResNet, for each variant below; forward-pass train/test R² every 10
 iterations. A variant "learns features" only if its forward-pass *training* R² rises clearly above
 the output-layer-only fit of the same initial network (printed first).
@@ -28,7 +28,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from radmm_hpc.algos.radmm import blocks as rb  # noqa: E402
-from radmm_hpc.algos.radmm.fcresnet import RadmmTrainer  # noqa: E402
+from radmm_hpc.algos.radmm import make_trainer  # noqa: E402
 from radmm_hpc.comm import Comm  # noqa: E402
 from radmm_hpc.config import Config  # noqa: E402
 from radmm_hpc.data import load_dataset  # noqa: E402
@@ -60,13 +60,13 @@ def run(ds, order, reset, settings, iters, width, depth, every=10):
     cfg.radmm.schedule = "serial"
     for k, v in settings.items():
         setattr(cfg.radmm, k, v)
-    tr = RadmmTrainer(cfg, Runtime(comm=Comm(None)), ds)
+    tr = make_trainer(cfg, Runtime(comm=Comm(None)), ds)
     sweep = None if order == "forward" else list(range(tr.L, 0, -1))
     curve = [(0, tr.forward_scores())]
     for it in range(1, iters + 1):
         rb.serial_sweep(tr.st, tr.p, sweep)
         if reset and it % reset == 0:
-            tr._initial_forward()   # the trainer's own start: U, V, V_L by a forward pass, Λ = −N∇ℓ(V_L)
+            tr._start(tr.st["X"])   # the trainer's own start: U, V, V_L by a forward pass, Λ = −N∇ℓ(V_L)
         if it % every == 0:
             curve.append((it, tr.forward_scores()))
     return curve

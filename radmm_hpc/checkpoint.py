@@ -43,7 +43,8 @@ import numpy as np
 import torch
 
 from radmm_hpc import __version__
-from radmm_hpc.errors import EXIT_DIVERGED, UserError
+from radmm_hpc.errors import (EXIT_DIVERGED, CheckpointError, CheckpointWriteError, CollectiveError,
+                              DamagedCheckpoint, UserError)
 
 FORMAT = "radmm_hpc.checkpoint"
 FORMAT_VERSION = 1
@@ -54,18 +55,6 @@ CKPT_RE = re.compile(r"^ckpt-(\d{6,})$")
 _FREE_KEYS = {"train": {"iters", "device", "deterministic", "log_every", "progress_seconds", "run_dir",
                         "world_size", "compare"},
               "radmm": {"tol"}, "checkpoint": None}
-
-
-class CheckpointError(UserError):
-    """A damaged, foreign or incompatible checkpoint."""
-
-
-class DamagedCheckpoint(CheckpointError):
-    """Missing, truncated or corrupted files: `--resume auto` skips such a checkpoint."""
-
-
-class CheckpointWriteError(UserError):
-    """A checkpoint could not be written (full disk, unwritable directory)."""
 
 
 def shard_name(rank: int) -> str:
@@ -291,16 +280,9 @@ class Checkpointer:
     def iter_due(self, it: int) -> bool:
         return self.every > 0 and it % self.every == 0
 
-    # -- the partition that the manifest records --
-    def _partition(self) -> list:
-        tr = self.trainer
-        if hasattr(tr, "regions"):
-            return [list(r) for r in tr.regions]
-        return []
-
     # -- save --
     def save(self, it: int, loop: dict) -> str:
-        from radmm_hpc.runtime import CollectiveError, agree
+        from radmm_hpc.runtime import agree
         rt, comm = self.rt, self.comm
         state = self.trainer.state()
         bad = any(a.dtype.kind in "fc" and not np.all(np.isfinite(a)) for a in state.values())
@@ -360,10 +342,10 @@ class Checkpointer:
         if not self.rt.is_root:
             return
         cfg = self.cfg
+        tr = self.trainer
         m = {"format": FORMAT, "format_version": FORMAT_VERSION, "radmm_hpc_version": __version__,
              "iteration": it, "world_size": self.rt.size, "algo": cfg.train.algo,
-             "schedule": cfg.radmm.schedule if cfg.train.algo == "radmm" else "",
-             "n_layers": cfg.model.depth + 1, "partition": self._partition(),
+             **tr.manifest_fields(), "partition": tr.partition(),
              "created_unix": time.time(), "config": cfg.to_dict(), "shards": infos}
         m["manifest_sha256"] = _manifest_digest(m)
         try:
@@ -399,7 +381,7 @@ class Checkpointer:
     def resume(self, spec: str) -> Optional[dict]:
         """Restore the trainer from `spec` ('auto' or a checkpoint path). Returns the loop state
         (iteration, wall_s, step_bytes) or None when 'auto' finds nothing to resume."""
-        from radmm_hpc.runtime import CollectiveError, agree
+        from radmm_hpc.runtime import agree
         rt, comm = self.rt, self.comm
         if spec != "auto" and not os.path.isdir(spec) and not spec.endswith(MANIFEST):
             raise CollectiveError(f"--resume {spec}: not a checkpoint directory "
@@ -453,12 +435,9 @@ class Checkpointer:
         if P_old != P and not self.trainer.elastic_resume():
             raise CheckpointError(f"{where}: written by {P_old} ranks; --algo {self.cfg.train.algo} in this "
                                   f"configuration resumes on {P_old} ranks only, not {P}")
-        if self.cfg.train.algo == "radmm" and self.cfg.radmm.schedule in ("two-colour", "jacobi"):
-            from radmm_hpc.algos.radmm.blocks import partition_hidden
-            L = getattr(self.trainer, "L", self.cfg.model.depth + 1)   # the general path counts its layers
-            if m["partition"] != [list(r) for r in partition_hidden(L - 1, P_old)]:
-                raise CheckpointError(f"{where}: layer partition {m['partition']} does not match "
-                                      f"{P_old} ranks and {L - 1} hidden layers")
+        problem = self.trainer.resume_problem(m)
+        if problem:
+            raise CheckpointError(f"{where}: {problem}")
 
     def _verify_my_share(self, path: str, m: dict) -> Dict[int, Dict[str, np.ndarray]]:
         """Rank r checks shards j ≡ r (mod P) in full; returns those it holds, parsed."""
@@ -519,72 +498,3 @@ def _unlink(p: str) -> None:
         os.remove(p)
     except OSError:
         pass
-
-
-# ---- elastic RADMM ----------------------------------------------------------------------------
-def remap_radmm(tr, m: dict, old_state) -> Dict[str, np.ndarray]:
-    """This rank's RADMM state for a new partition, from the old ranks' states.
-
-    Layers (W, U, V, their step sizes, the best iterate's W) come from their old owners; the output group (W_L, V_L,
-    Λ) from the old last rank. Two-colour boundary copies are the owners' current values (which
-    equal the copies at an iteration boundary). Jacobi boundary copies and duals: where a new
-    boundary starts at the same layer as an old one, (Q, M) and its step size carry over; at a
-    new boundary Q_r = V_{s_r-1} (the owner's V) and M_r = 0, a feasible start of the consensus.
-    """
-    old_regions = [tuple(r) for r in m["partition"]]
-    P_old = len(old_regions)
-    L = tr.L
-    old_jacobi = m.get("schedule") == "jacobi" and P_old > 1
-
-    def owner(l: int) -> int:
-        if l == L:
-            return P_old - 1
-        for k, (s, e) in enumerate(old_regions):
-            if s <= l <= e:
-                return k
-        raise CheckpointError(f"layer {l} is in no region of the checkpoint's partition {old_regions}")
-
-    out: Dict[str, np.ndarray] = {}
-
-    def layer(l: int, names=("W", "U", "V"), taus=True):
-        src = old_state(owner(l))
-        for n in names:
-            if f"{n}/{l}" in src:
-                out[f"{n}/{l}"] = src[f"{n}/{l}"]
-        if taus:
-            for k in (f"tau/W/{l}", f"tau/V/{l}", f"best/W/{l}"):
-                if k in src:
-                    out[k] = src[k]
-
-    def boundary(s: int):
-        """(Q, M, tau) for a boundary whose region starts at hidden layer s."""
-        if old_jacobi:
-            for k, (so, _) in enumerate(old_regions):
-                if k > 0 and so == s:
-                    src = old_state(k)
-                    return src["jacobi/Q"], src["jacobi/M"], src.get(f"tau/Q/{k}")
-        V = old_state(owner(s - 1))[f"V/{s - 1}"]
-        return V, np.zeros_like(V), None
-
-    for l in tr.own_layers():
-        layer(l)
-    if "best/loss" in old_state(0):       # keep_best: the loss is the same on every rank
-        out["best/loss"] = old_state(0)["best/loss"]
-    if tr.last:
-        out["Lam"] = old_state(P_old - 1)["Lam"]
-    if tr.P > 1 and tr.schedule == "two-colour":
-        if not tr.first:
-            layer(tr.s - 1, names=("V",), taus=False)
-        if not tr.last:
-            layer(tr.e + 1, taus=False)
-    elif tr.P > 1 and tr.schedule == "jacobi":
-        if not tr.first:
-            Q, M, tau = boundary(tr.s)
-            out["jacobi/Q"], out["jacobi/M"] = Q, M
-            out["jacobi/Vb"] = old_state(owner(tr.s - 1))[f"V/{tr.s - 1}"]
-            if tau is not None:
-                out[f"tau/Q/{tr.r}"] = tau
-        if not tr.last:
-            Q, M, _ = boundary(tr.e + 1)
-            out["jacobi/Qn"], out["jacobi/Mn"] = Q, M
-    return out

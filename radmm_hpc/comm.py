@@ -26,6 +26,13 @@ except (ImportError, RuntimeError):  # pragma: no cover - depends on the install
 _OPS = {"sum": "SUM", "max": "MAX", "min": "MIN"}
 
 
+class TAG:
+    """Message tags of every point-to-point exchange, in one table: exchanges that can overlap
+    on one communicator need tags of their own."""
+    RADMM_INIT, RADMM_FWD, RADMM_BWD, RADMM_EVAL = 11, 12, 13, 14
+    RADMM_COLOUR = (15, 16)          # two-colour: the messages after colour 0's and colour 1's sweep
+
+
 def _host(t: torch.Tensor) -> np.ndarray:
     """A numpy view of a contiguous CPU tensor (the buffer MPI reads or writes)."""
     return t.detach().numpy()

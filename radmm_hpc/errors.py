@@ -1,7 +1,9 @@
-"""Errors that users cause (bad config, data, world size, checkpoints).
+"""The program's error classes and exit statuses.
 
-A UserError carries one line meant for people; the CLI prints it on rank 0 and every rank exits
-with EXIT_USAGE. Anything else is a bug and is reported with a traceback file.
+A UserError (bad config, data, world size, checkpoint) carries one line meant for people; the CLI
+prints it on rank 0 and every rank exits with its exit_code. A CollectiveError is one that every
+rank has seen (runtime.agree), so all leave together. Anything else is a bug and is reported with
+a traceback file.
 """
 
 EXIT_USAGE = 2          # bad input: config, data, world size, damaged checkpoint
@@ -22,6 +24,26 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     pass
+
+
+class CheckpointError(UserError):
+    """A damaged, foreign or incompatible checkpoint."""
+
+
+class DamagedCheckpoint(CheckpointError):
+    """Missing, truncated or corrupted files: `--resume auto` skips such a checkpoint."""
+
+
+class CheckpointWriteError(UserError):
+    """A checkpoint could not be written (full disk, unwritable directory)."""
+
+
+class CollectiveError(Exception):
+    """A UserError that every rank has seen (raised by runtime.agree): exit cleanly on all ranks."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class Preempted(Exception):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from radmm_hpc.comm import MPI, Comm
-from radmm_hpc.errors import ConfigError
+from radmm_hpc.errors import CollectiveError, ConfigError, UserError
 
 
 class SignalFlags:
@@ -108,18 +108,9 @@ def pin_threads(rt: Runtime) -> None:
     torch.set_num_threads(rt.threads)
 
 
-class CollectiveError(Exception):
-    """A UserError that every rank has seen (raised by agree): exit cleanly on all ranks."""
-
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
 def agree(rt: Runtime, fn, *args, **kwargs):
     """Run fn on every rank; a UserError on any rank becomes a CollectiveError on all of them
     (the lowest failing rank's message), so that no rank is left waiting in a collective."""
-    from radmm_hpc.errors import UserError
     err, result = None, None
     try:
         result = fn(*args, **kwargs)

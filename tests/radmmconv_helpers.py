@@ -112,7 +112,7 @@ def conv_dataset(n=32, n_test=16, k=3):
 def conv_trainer(monkeypatch, schedule, mpi_comm=None, blocks=3, chunk=0, regions=0, splitting="three"):
     """A GeneralRadmmTrainer on conv_layers(blocks) (patched in for models/resnet.py)."""
     from radmm_hpc.algos.radmm import general as radmm_conv
-    from radmm_hpc.algos.radmm.fcresnet import RadmmTrainer
+    from radmm_hpc.algos.radmm import make_trainer
     from radmm_hpc.comm import Comm
     from radmm_hpc.config import Config
     from radmm_hpc.runtime import Runtime
@@ -127,4 +127,4 @@ def conv_trainer(monkeypatch, schedule, mpi_comm=None, blocks=3, chunk=0, region
     cfg.radmmconv.chunk = chunk
     monkeypatch.setattr(radmm_conv, "build_layers",
                         lambda cfg, ds, dtype, device: (conv_layers(blocks=blocks), False, None))
-    return RadmmTrainer(cfg, Runtime(comm=Comm(mpi_comm)), conv_dataset())
+    return make_trainer(cfg, Runtime(comm=Comm(mpi_comm)), conv_dataset())

@@ -4,7 +4,8 @@
 import pytest
 
 from conftest import mpi_all
-from radmm_helpers import owned_tensors, rel_err, small_cfg, tensor_bytes, trainer
+from radmm_helpers import (init_jacobi, jacobi_merit, jacobi_sweep, owned_tensors, rel_err, small_cfg,
+                           tensor_bytes, trainer)
 
 
 def _depth_not_divisible(P):
@@ -84,3 +85,27 @@ def test_memory_per_rank_falls_as_one_over_p(schedule):
     io = (ser.st["X"].numel() + ser.st["Y"].numel()) * 8
     ok = mine <= serial / P + boundary + io and comm.allreduce(mine) >= serial - io
     assert mpi_all(ok), (mine, serial, P)
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("variant,splitting", [("proximal", "three"), ("linearized", "three"),
+                                               ("linearized", "two")])
+def test_jacobi_equals_the_serial_jacobi_simulation(variant, splitting):
+    """The MPI Jacobi schedule == Jacobi PRU simulated in one process (radmm_helpers.jacobi_sweep):
+    the same iterates and boundary variables on every rank, the same Lagrangian."""
+    from mpi4py import MPI
+    P, r = MPI.COMM_WORLD.Get_size(), MPI.COMM_WORLD.Get_rank()
+    kw = dict(depth=_depth_not_divisible(P), variant=variant, splitting=splitting, omega=0.05)
+    par = trainer(small_cfg(schedule="jacobi", **kw), MPI.COMM_WORLD)
+    ser = trainer(small_cfg(schedule="serial", **kw))
+    st = init_jacobi(ser.st, P)
+    for it in range(4):
+        par.step(it)
+        jacobi_sweep(st, ser.p)
+    names = dict(owned_tensors(ser))
+    worst = max(rel_err(t, names[k]) for k, t in owned_tensors(par))
+    if r > 0:
+        worst = max(worst, rel_err(par.Q, st["Q"][r]), rel_err(par.M, st["M"][r]))
+    ref = jacobi_merit(st, ser.p)
+    lag = par.metrics()["lagrangian"]
+    assert mpi_all(worst <= 1e-12 and abs(lag - ref) <= 1e-10 * abs(ref)), (worst, lag, ref)

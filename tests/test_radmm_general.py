@@ -7,6 +7,7 @@ import torch
 from radmm_hpc.algos.radmm import blocks as rb
 from radmm_hpc.algos.radmm.engine import serial_sweep
 from radmm_hpc.algos.radmm.layers import fc_layers
+from radmm_helpers import fc_state
 from radmmconv_helpers import conv_layers, digits, engine, params
 
 
@@ -42,7 +43,7 @@ def test_chunked_equals_unchunked():
 
 
 def test_general_path_agrees_with_fcresnet_linearized_updates():
-    """The general path on the FCResNet == radmm_blocks' linearized updates with the same τ."""
+    """The general path on the FCResNet == blocks.py's linearized updates with the same τ."""
     g = torch.Generator().manual_seed(3)
     d_in, d, dy, depth, N = 4, 6, 2, 4, 30
     W = [torch.randn(d, d_in + 1, generator=g, dtype=torch.float64) * 0.5]
@@ -52,7 +53,7 @@ def test_general_path_agrees_with_fcresnet_linearized_updates():
     Y = torch.randn(N, dy, generator=g, dtype=torch.float64)
     p = params(loss="squared", lam=1e-3, omega=0.1)
     eng = engine(fc_layers(W), X, Y, p)
-    st = rb.init_state(W, X.T.contiguous(), Y.T.contiguous(), "squared")
+    st = fc_state(W, X.T.contiguous(), Y.T.contiguous())
     L = len(W)
     for _ in range(3):
         serial_sweep(eng)

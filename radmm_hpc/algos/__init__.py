@@ -4,9 +4,10 @@ import importlib
 
 from radmm_hpc.algos.base import Trainer
 
-# --algo name -> "module:class" (imported on use, so a method's dependencies load only when chosen)
+# --algo name -> "module:constructor" (a Trainer class or a factory that picks one; imported on
+# use, so a method's dependencies load only when chosen)
 REGISTRY = {
-    "radmm": "radmm_hpc.algos.radmm.fcresnet:RadmmTrainer",
+    "radmm": "radmm_hpc.algos.radmm:make_trainer",
     "backprop": "radmm_hpc.algos.backprop:BackpropTrainer",
     "asgd": "radmm_hpc.algos.asgd:AsgdTrainer", "dapsvrg": "radmm_hpc.algos.dap:DapTrainer", "dapsgd": "radmm_hpc.algos.dap:DapTrainer",
     "mac": "radmm_hpc.algos.mac:MacTrainer",

@@ -17,6 +17,9 @@ class Trainer:
     metrics()           collective; the same dict of floats on every rank
     export_weights()    collective; the whole network's weight list on rank 0, None elsewhere
     state()/load_state  this rank's checkpoint arrays (numeric only) and their restore
+    partition(), manifest_fields(), resume_problem(manifest), elastic_resume(), remap_state()
+                        what the checkpoint manifest records and whether (and how) a checkpoint
+                        resumes here: the checkpointer asks, it never looks inside a Trainer
 
 and, on rank 0 only, after export_weights():
     final_scores(w)     forward-pass scores of the exported network (train_* and test_*)
@@ -62,6 +65,18 @@ The defaults below are the FCResNet's; a method with another kind of model overr
 
     def load_state(self, state: Dict[str, np.ndarray]) -> None:
         raise NotImplementedError
+
+    def partition(self) -> list:
+        """The manifest's `partition`: how the model is split over ranks ([] if it is not)."""
+        return []
+
+    def manifest_fields(self) -> dict:
+        """The manifest's `schedule` and `n_layers`."""
+        return {"schedule": "", "n_layers": self.cfg.model.depth + 1}
+
+    def resume_problem(self, manifest: dict) -> Optional[str]:
+        """Why a checkpoint with this (verified, same-config) manifest cannot resume here, or None."""
+        return None
 
     def elastic_resume(self) -> bool:
         """Whether a checkpoint written by another number of ranks can be resumed (remap_state)."""

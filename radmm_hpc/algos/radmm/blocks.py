@@ -41,28 +41,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-__all__ = [
-    "RADMMParams", "sigma", "dsigma",
-    # exact (proximal point) blocks
-    "update_W_hidden", "update_W_out", "update_U", "update_V_hidden", "update_V_last_hidden",
-    "update_V_out_squared", "update_V_out_xent", "update_V_out", "update_Lam",
-    # Jacobi PRU boundary blocks
-    "update_V_region_last", "update_Q", "update_M",
-    # proximal linearized blocks
-    "spectral_norm_sq", "update_W_hidden_lin", "update_W_out_lin", "update_V_hidden_lin",
-    "update_V_last_hidden_lin", "update_Q_lin",
-    # two-splitting blocks (backtracking)
-    "update_W_hidden_2s", "update_V_hidden_2s", "update_V_region_last_2s", "update_Q_2s",
-    # merit terms
-    "loss_value", "lagrange_multiplier_from_loss", "merit_hidden", "merit_hidden_2s",
-    "merit_out", "merit_boundary", "relaxed_objective", "augmented_lagrangian",
-    # model helpers
-    "forward_pass", "forward_all", "init_weights", "init_state", "add_bias_row",
-    # drivers
-    "serial_sweep", "partition_hidden", "red_black_order", "init_jacobi", "jacobi_sweep",
-    "jacobi_merit", "boundary_residual",
-]
-
 
 # ---------------------------------------------------------------------------------------------
 # parameters
@@ -430,12 +408,6 @@ def update_V_hidden_2s(P: Tensor, Wn: Tensor, Vn: Tensor, Vk: Tensor, rho: float
                              tau0, max_backtracks)
 
 
-def update_V_region_last_2s(P: Tensor, Qn: Tensor, Mn: Tensor, Vk: Tensor, rho: float,
-                            beta_b: float, omega: float) -> Tensor:
-    """Same closed form as the three-splitting region-last V (P = R V_{l-1} + sigma(W_l V_{l-1}))."""
-    return update_V_region_last(P, Qn, Mn, Vk, rho, beta_b, omega)
-
-
 def update_Q_2s(W: Tensor, Vs: Tensor, M: Tensor, Vb: Tensor, Qk: Tensor, rho: float,
                 beta_b: float, omega: float, tau0: float = 1.0,
                 max_backtracks: int = 60) -> Tuple[Tensor, float]:
@@ -516,60 +488,6 @@ def merit_boundary(Q: Tensor, M: Tensor, Vb: Tensor, beta_b: float, N: int) -> f
 def add_bias_row(X: Tensor) -> Tensor:
     """Append the constant row of ones (bias of layer 1)."""
     return torch.cat([X, torch.ones(1, X.shape[1], dtype=X.dtype, device=X.device)], dim=0)
-
-
-def forward_all(W: Sequence[Tensor], X: Tensor) -> Tuple[List[Tensor], List[Tensor]]:
-    """True forward pass; returns (U list of the L-1 pre-activations, V list of the L outputs)."""
-    L = len(W)
-    U: List[Tensor] = []
-    V: List[Tensor] = []
-    prev = X
-    for i in range(L - 1):
-        u = W[i] @ prev
-        v = sigma(u) if i == 0 else prev + sigma(u)
-        U.append(u)
-        V.append(v)
-        prev = v
-    V.append(W[L - 1] @ prev)
-    return U, V
-
-
-def forward_pass(W: Sequence[Tensor], X: Tensor) -> Tensor:
-    """V_L of the true network (memory O(dN): intermediate layers are not kept)."""
-    L = len(W)
-    prev = sigma(W[0] @ X)
-    for i in range(1, L - 1):
-        prev = prev + sigma(W[i] @ prev)
-    return W[L - 1] @ prev
-
-
-def init_weights(d_in: int, d: int, dy: int, depth: int, generator: Optional[torch.Generator] = None,
-                 scale_in: float = 1.0, scale_res: float = 0.1, scale_out: float = 1.0,
-                 dtype: torch.dtype = torch.float64, device="cpu") -> List[Tensor]:
-    """Small random weights for an FCResNet with ``depth`` hidden layers (L = depth + 1).
-
-    d_in includes the bias row.  W_1 ~ N(0, scale_in^2/d_in), residual W_l ~ N(0, scale_res^2/d),
-    W_L ~ N(0, scale_out^2/d).  (Drawn on CPU in float64 then cast, so runs with the same seed
-    agree across dtype/device.)
-    """
-    g = generator
-    W = [torch.randn(d, d_in, generator=g, dtype=torch.float64) * (scale_in / math.sqrt(d_in))]
-    for _ in range(depth - 1):
-        W.append(torch.randn(d, d, generator=g, dtype=torch.float64) * (scale_res / math.sqrt(d)))
-    W.append(torch.randn(dy, d, generator=g, dtype=torch.float64) * (scale_out / math.sqrt(d)))
-    return [w.to(dtype=dtype, device=device) for w in W]
-
-
-def init_state(W: Sequence[Tensor], X: Tensor, Y: Optional[Tensor] = None,
-               loss: str = "squared", two_split: bool = False) -> Dict:
-    """U, V by one forward pass (feasible start), V_L = W_L V_{L-1}, Lam^0 = -N grad l(V_L^0).
-
-    Returns a dict of lists: W, U (absent content for two-splitting: U is then None), V, Lam, X, Y,
-    plus 'tau' (backtracking memory) and 'it' (iteration counter)."""
-    U, V = forward_all(W, X)
-    Lam = lagrange_multiplier_from_loss(V[-1], Y, loss) if Y is not None else None
-    return {"W": [w.clone() for w in W], "U": None if two_split else U, "V": V, "Lam": Lam,
-            "X": X, "Y": Y, "tau": {}, "it": 0}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -660,32 +578,6 @@ def serial_sweep(state: Dict, params: RADMMParams, order: Optional[Sequence[int]
     return state
 
 
-def relaxed_objective(state: Dict, params: RADMMParams) -> float:
-    """Relaxed objective (constraint V_L = W_L V_{L-1} not included), serial sum."""
-    return _serial_merit(state, params, with_dual=False)
-
-
-def augmented_lagrangian(state: Dict, params: RADMMParams) -> float:
-    """L_beta, serial sum of the local contributions."""
-    return _serial_merit(state, params, with_dual=True)
-
-
-def _serial_merit(state: Dict, p: RADMMParams, with_dual: bool) -> float:
-    W, U, V, X = state["W"], state["U"], state["V"], state["X"]
-    L = len(W)
-    N = X.shape[1]
-    tot = 0.0
-    for i in range(L - 1):
-        Vprev = X if i == 0 else V[i - 1]
-        if p.variant == "two_split":
-            tot += merit_hidden_2s(W[i], V[i], Vprev, i > 0, p.rho, p.lam, N)
-        else:
-            tot += merit_hidden(W[i], U[i], V[i], Vprev, i > 0, p.gamma, p.rho, p.lam, N)
-    tot += merit_out(state["Y"], V[L - 1], state["Lam"], W[L - 1], V[L - 2], p.beta, p.lam, N,
-                     p.loss, with_dual=with_dual)
-    return tot
-
-
 # ---------------------------------------------------------------------------------------------
 # region helpers (PRU)
 # ---------------------------------------------------------------------------------------------
@@ -715,105 +607,3 @@ def red_black_order(L: int, P: int) -> List[int]:
         for r in range(colour, P, 2):
             order += layers(r)
     return order
-
-
-# ---------------------------------------------------------------------------------------------
-# Jacobi PRU simulated serially (reference for the MPI driver)
-# ---------------------------------------------------------------------------------------------
-def init_jacobi(state: Dict, P: int) -> Dict:
-    """Add regions, boundary copies Q_r = V_{s_r-1} and duals M_r = 0 (r = 1..P-1) to a state."""
-    L = len(state["W"])
-    regions = partition_hidden(L - 1, P)
-    state["regions"] = regions
-    state["Q"] = [None] + [state["V"][s - 2].clone() for (s, _e) in regions[1:]]
-    state["M"] = [None] + [torch.zeros_like(state["V"][s - 2]) for (s, _e) in regions[1:]]
-    state["Vb"] = [None] + [state["V"][s - 2].clone() for (s, _e) in regions[1:]]  # received V
-    return state
-
-
-def jacobi_sweep(state: Dict, params: RADMMParams) -> Dict:
-    """One Jacobi-PRU iteration simulated serially.
-
-    Every region updates its blocks (Gauss-Seidel inside the region: Q_r first, then its layers,
-    then the output group on the last region) using only the previous iteration's neighbour
-    data: its received boundary V_b = V_{s_r-1}, and (for its last V) the next region's Q_{r+1},
-    M_{r+1}.  Then the exchange: region r-1 sends its new boundary V to region r, which updates
-    M_r <- M_r + beta_b (Q_r - V_b) and sends (Q_r, M_r) back.
-    """
-    p = params
-    regions = state["regions"]
-    P = len(regions)
-    W, U, V = state["W"], state["U"], state["V"]
-    two = p.variant == "two_split"
-    lin = p.variant == "linear"
-    # neighbour data as of the end of the previous iteration (what was exchanged)
-    Q_old = [None] + [q.clone() for q in state["Q"][1:]]
-    M_old = [None] + [m.clone() for m in state["M"][1:]]
-    for r, (s, e) in enumerate(regions):
-        if r > 0:
-            i = s - 1
-            Vb = state["Vb"][r]
-            if two:
-                tau0 = 0.5 * state["tau"].get(("Q", r), 1.0)
-                state["Q"][r], state["tau"][("Q", r)] = update_Q_2s(
-                    W[i], V[i], state["M"][r], Vb, state["Q"][r], p.rho, p.beta_b, _omb(p), tau0)
-            elif lin:
-                state["Q"][r] = update_Q_lin(W[i], U[i], V[i], U[i], state["M"][r], Vb, state["Q"][r],
-                                             p.gamma, p.rho, p.beta_b, _omb(p),
-                                             iters=p.power_iters, safety=p.tau_safety)
-            else:
-                state["Q"][r] = update_Q(W[i], U[i], V[i], U[i], state["M"][r], Vb, state["Q"][r],
-                                         p.gamma, p.rho, p.beta_b, _omb(p))
-        for l in range(s, e + 1):
-            if l == s:
-                Vprev = state["X"] if r == 0 else state["Q"][r]
-            else:
-                Vprev = V[l - 2]
-            override = (Q_old[r + 1], M_old[r + 1]) if (l == e and r < P - 1) else None
-            _hidden_block(state, p, l, Vprev, next_override=override)
-        if r == P - 1:
-            _output_block(state, p)
-    # exchange
-    for r in range(1, P):
-        s = regions[r][0]
-        state["Vb"][r] = V[s - 2].clone()
-        state["M"][r] = update_M(state["M"][r], state["Q"][r], state["Vb"][r], p.beta_b)
-    state["it"] += 1
-    return state
-
-
-def jacobi_merit(state: Dict, params: RADMMParams) -> float:
-    """L_beta of the Jacobi-PRU problem (layer s_r uses Q_r as input, plus boundary terms)."""
-    p = params
-    W, U, V, X = state["W"], state["U"], state["V"], state["X"]
-    L = len(W)
-    N = X.shape[1]
-    starts = {s: r for r, (s, _e) in enumerate(state["regions"])}
-    tot = 0.0
-    for i in range(L - 1):
-        l = i + 1
-        if l == 1:
-            Vprev = X
-        elif l in starts and starts[l] > 0:
-            Vprev = state["Q"][starts[l]]
-        else:
-            Vprev = V[i - 1]
-        if p.variant == "two_split":
-            tot += merit_hidden_2s(W[i], V[i], Vprev, l > 1, p.rho, p.lam, N)
-        else:
-            tot += merit_hidden(W[i], U[i], V[i], Vprev, l > 1, p.gamma, p.rho, p.lam, N)
-    tot += merit_out(state["Y"], V[L - 1], state["Lam"], W[L - 1], V[L - 2], p.beta, p.lam, N, p.loss)
-    for r in range(1, len(state["regions"])):
-        s = state["regions"][r][0]
-        tot += merit_boundary(state["Q"][r], state["M"][r], V[s - 2], p.beta_b, N)
-    return tot
-
-
-def boundary_residual(state: Dict) -> float:
-    """sum_r ||Q_r - V_{s_r-1}|| / ||V_{s_r-1}|| (relative boundary consensus residual)."""
-    tot = 0.0
-    for r in range(1, len(state["regions"])):
-        s = state["regions"][r][0]
-        Vb = state["V"][s - 2]
-        tot += float(torch.linalg.vector_norm(state["Q"][r] - Vb)) / max(float(torch.linalg.vector_norm(Vb)), 1e-300)
-    return tot

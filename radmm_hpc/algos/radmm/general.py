@@ -1,14 +1,10 @@
-"""RADMM for general residual networks (convolutional ResNets) over MPI ranks: the trainer that
-RadmmTrainer becomes when model.arch is not the FCResNet (or radmmconv.general = true).
+"""RADMM for general residual networks (convolutional ResNets, and the FCResNet when
+radmmconv.general = true): the linearized block updates of engine.py on this rank's region
+(regions.py runs the schedules and exchanges).
 
-Same distribution as radmm.py: rank r owns hidden layers s_r..e_r (a balanced contiguous region of
-[stem, block_1, ..., block_n]) with their W (one flat vector per layer), U and V (per sample, on
-the rank's GPU when they fit, else in host memory), the last rank also the head, V_L, Λ and Y,
-rank 0 the input X. Schedules and exchanges as for the FCResNet:
-  two-colour  even regions update, send V_e forward and (W, U, V)_s backward; then odd regions
-              (== serial sweep in red-black order, serial-redblack).
-  jacobi      every region at once; V_e forward, (Q, M) back (per boundary).
-Block updates: radmm_general.Engine.
+Rank r owns hidden layers s_r..e_r of [stem, block_1, ..., block_n] with their W (one flat vector
+per layer), U and V (per sample, on the rank's GPU when they fit, else in host memory), the last
+rank also the head, V_L, Λ and Y, rank 0 the input X.
 """
 
 from __future__ import annotations
@@ -18,16 +14,10 @@ import math
 import numpy as np
 import torch
 
-from radmm_hpc.algos.radmm import blocks as rb
-from radmm_hpc.algos.base import Trainer
-from radmm_hpc.algos.radmm.fcresnet import RadmmTrainer
-from radmm_hpc.algos.radmm.engine import Chunks, Engine, Params
+from radmm_hpc.algos.radmm.engine import Chunks, Engine, Params, serial_sweep
 from radmm_hpc.algos.radmm.layers import fc_layers, module_layers
-from radmm_hpc.errors import ConfigError
+from radmm_hpc.algos.radmm.regions import RegionTrainer
 from radmm_hpc.scoring import calibrate_norm, score_predictions, tensors_for
-
-TAG_FWD, TAG_BWD, TAG_EVAL, TAG_INIT = 21, 22, 23, 24
-
 
 PENALTIES = ("gamma", "rho", "beta", "lam", "omega")
 
@@ -78,44 +68,24 @@ def aux_bytes_estimate(shapes, n: int, three: bool, elem: int) -> int:
     return elem * n * (per * (2 if three else 1) + 2 * max(int(np.prod(s)) for s in shapes))
 
 
-class GeneralRadmmTrainer(RadmmTrainer):
-    name = "radmm"
-
+class GeneralRadmmTrainer(RegionTrainer):
     def __init__(self, cfg, rt, ds):
-        Trainer.__init__(self, cfg, rt, ds)
+        super().__init__(cfg, rt, ds)
         self.p = params_from(cfg, ds.task)
-        self.schedule = cfg.radmm.schedule
-        self.comm = rt.comm
         self.layers, self.fc, self.model = build_layers(cfg, ds, self.dtype, self.device)
-        self.L = L = len(self.layers)
-        distributed = self.schedule in ("two-colour", "jacobi")
-        self.P = rt.size if distributed else 1
-        self.r = rt.rank if distributed else 0
-        regions = cfg.radmm.regions or 1 if self.schedule == "serial-redblack" else self.P
-        if regions > L - 1:
-            raise ConfigError(f"{regions} regions but the network has {L - 1} hidden layers (stem and "
-                              f"blocks): use at most {L - 1} ranks")
-        self.regions = rb.partition_hidden(L - 1, self.P)
+        self._init_regions(len(self.layers))
         if self.P > 1 and self.device.type == "cuda":
             self.comm.cuda_aware()        # collective start-up probe: direct GPU messages or staging
-        self.s, self.e = self.regions[self.r]
-        self.first, self.last = self.r == 0, self.r == self.P - 1
-        self.jac = self.schedule == "jacobi" and self.P > 1
-        self.order = None
-        if self.schedule == "serial-redblack":
-            self.order = rb.red_black_order(L, cfg.radmm.regions or 1)
         X, y = inputs(ds, "train", self.dtype, self.device, self.fc)
         self.N = N = X.shape[0]
         self.shapes = self._shapes(X[:1])
         store = self._store_device()
         self.ch = Chunks(N, cfg.radmmconv.chunk, store, self.device, self.dtype)
-        self.eng = Engine(self.layers, self.p, self.ch, self.s, self.e, self.last)
+        self.eng = self.jst = Engine(self.layers, self.p, self.ch, self.s, self.e, self.last)
         if self.last:
             Y = targets(ds, y).to(self.dtype)
             self.eng.Y = Y.to(store)
-        self._initial_forward(X.to(store) if self.first else None)
-        self.succ_sq = 0.0
-        self.best_loss, self.best_W = math.inf, None
+        self._start(X.to(store) if self.first else None)
 
     # ---- set-up --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -142,31 +112,6 @@ class GeneralRadmmTrainer(RadmmTrainer):
     def _new(self, l):
         return self.ch.new(self.shapes[l])
 
-    def owns(self, l: int) -> bool:
-        return self.s <= l <= self.e or (l == self.L and self.last)
-
-    def _initial_forward(self, X) -> None:
-        eng = self.eng
-        if self.first:
-            prev = X
-        else:
-            prev = self._new(self.s - 1)
-            self.comm.recv([prev], self.r - 1, TAG_INIT)
-        out = eng.forward_init(prev)
-        if not self.last:
-            self.comm.send([out], self.r + 1, TAG_INIT)
-        if self.jac:
-            if not self.first:
-                eng.Q = eng.V[self.s - 1].clone()
-                eng.M = torch.zeros_like(eng.Q)
-                eng.tauQ = torch.ones(self.N, dtype=self.dtype, device=self.ch.store)
-            if not self.last:
-                eng.Qn = eng.V[self.e].clone()
-                eng.Mn = torch.zeros_like(eng.Qn)
-        elif self.schedule == "two-colour" and self.P > 1:
-            self._exchange({self.r - 1: self._first_layer()} if not self.first else {},
-                           {self.r + 1: self._ghost_next()} if not self.last else {}, TAG_BWD)
-
     # ---- memory model (docs/radmm.md, "Memory per rank") ---------------------------------------
     def predicted_state_bytes(self) -> int:
         """Bytes of this rank's iterates by the formula of the docs: per sample, V_l (and U_l)
@@ -188,9 +133,30 @@ class GeneralRadmmTrainer(RadmmTrainer):
             per += 2 * size[self.L]
         return (torch.finfo(self.dtype).bits // 8) * (self.N * per + nw)
 
-    # ---- exchanges -----------------------------------------------------------------------------
-    def _exchange(self, sends, recvs, tag):
-        self.comm.exchange_device(sends, recvs, tag)
+    # ---- region hooks (regions.py) ---------------------------------------------------------------
+    def _weight(self, l: int):
+        return self.layers[l - 1].w
+
+    def _forward_region(self, prev):
+        return self.eng.forward_init(prev)
+
+    def _start_jacobi(self) -> None:
+        eng = self.eng
+        if not self.first:
+            eng.Q = eng.V[self.s - 1].clone()
+            eng.M = torch.zeros_like(eng.Q)
+            eng.tauQ = torch.ones(self.N, dtype=self.dtype, device=self.ch.store)
+        if not self.last:
+            eng.Qn = eng.V[self.e].clone()
+            eng.Mn = torch.zeros_like(eng.Qn)
+
+    def _region_out(self):
+        return self.eng.V[self.e]
+
+    def _boundary_in(self):
+        if (self.s - 1) not in self.eng.V:
+            self.eng.V[self.s - 1] = self._new(self.s - 1)
+        return self.eng.V[self.s - 1]
 
     def _first_layer(self):
         s, eng = self.s, self.eng
@@ -208,29 +174,13 @@ class GeneralRadmmTrainer(RadmmTrainer):
         out = [lay.w] if lay.w is not None else []
         return out + ([eng.U[n]] if self.p.three else []) + [eng.V[n]]
 
-    def _boundary_in(self):
-        if (self.s - 1) not in self.eng.V:
-            self.eng.V[self.s - 1] = self._new(self.s - 1)
-        return self.eng.V[self.s - 1]
-
-    # ---- one iteration -------------------------------------------------------------------------
     def _owned_tensors(self):
         """The weights: the successive difference is measured on them (a copy of the per-sample
         state every iteration would double the memory that chunking saves)."""
         return [self.layers[l - 1].w for l in self.own_layers() if self.layers[l - 1].w is not None]
 
-    def step(self, it: int) -> None:
-        before = [t.clone() for t in self._owned_tensors()]
-        if self.schedule in ("serial", "serial-redblack") or self.P == 1:
-            with self.timed("compute"):
-                for l in (self.order or range(1, self.L + 1)):
-                    self.eng.update_layer(l)
-        elif self.schedule == "two-colour":
-            self._two_colour_step()
-        else:
-            self._jacobi_step()
-        with self.timed("compute"):
-            self.succ_sq = sum(float(((a - b) ** 2).sum()) for a, b in zip(self._owned_tensors(), before))
+    def _serial_sweep(self) -> None:
+        serial_sweep(self.eng, self.order)
 
     def _sweep_region(self) -> None:
         for l in range(self.s, self.e + 1):
@@ -238,107 +188,45 @@ class GeneralRadmmTrainer(RadmmTrainer):
         if self.last:
             self.eng.update_layer(self.L, jacobi=self.jac)
 
-    def _two_colour_step(self) -> None:
-        for colour in (0, 1):
-            mine = self.r % 2 == colour
-            if mine:
-                with self.timed("compute"):
-                    self._sweep_region()
-            with self.timed("exchange"):
-                sends, recvs = {}, {}
-                if mine:
-                    if not self.last:
-                        sends[self.r + 1] = [self.eng.V[self.e]]
-                    if not self.first:
-                        sends[self.r - 1] = self._first_layer()
-                else:
-                    if not self.first:
-                        recvs[self.r - 1] = [self._boundary_in()]
-                    if not self.last:
-                        recvs[self.r + 1] = self._ghost_next()
-                self._exchange(sends, recvs, TAG_FWD + 10 * colour)
+    def _update_q(self) -> None:
+        self.eng.step_q()
 
-    def _jacobi_step(self) -> None:
-        eng, p = self.eng, self.p
-        with self.timed("compute"):
-            if not self.first:
-                eng.step_q()
-            self._sweep_region()
-        with self.timed("exchange"):
-            self._exchange({self.r + 1: [eng.V[self.e]]} if not self.last else {},
-                           {self.r - 1: [eng.V[self.s - 1]]} if not self.first else {}, TAG_FWD)
-        with self.timed("compute"):
-            if not self.first:
-                eng.M.add_(p.beta_b * (eng.Q - eng.V[self.s - 1]))
-        with self.timed("exchange"):
-            self._exchange({self.r - 1: [eng.Q, eng.M]} if not self.first else {},
-                           {self.r + 1: [eng.Qn, eng.Mn]} if not self.last else {}, TAG_BWD)
+    def _update_m(self) -> None:
+        eng = self.eng
+        eng.M.add_(self.p.beta_b * (eng.Q - eng.V[self.s - 1]))
 
-    # ---- metrics -------------------------------------------------------------------------------
-    def _local_merit(self) -> dict:
-        N = self.N
+    def _merit_terms(self) -> dict:
         t = self.eng.merit_terms(self.jac)
-        out = {"lagrangian": t["lagrangian"] / N, "relaxed_objective": t["relaxed_objective"] / N,
-               "primal_sq": t["primal_sq"], "bres_sq": 0.0, "bref_sq": 0.0, "succ_sq": self.succ_sq,
-               "z_sq": sum(float((x * x).sum()) for x in self._owned_tensors())}
-        if self.jac and not self.first:
-            out["bres_sq"] = float(((self.eng.Q - self.eng.V[self.s - 1]) ** 2).sum())
-            out["bref_sq"] = float((self.eng.V[self.s - 1] ** 2).sum())
+        return {"lagrangian": t["lagrangian"] / self.N, "relaxed_objective": t["relaxed_objective"] / self.N,
+                "primal_sq": t["primal_sq"]}
+
+    def _eval_input(self, split: str):
+        X, _ = inputs(self.ds, split, self.dtype, self.ch.store, self.fc)
+        if self.first:
+            return X
+        return self._eval_chunks(X.shape[0]).new(self.shapes[self.s - 1])
+
+    def _eval_chunks(self, n: int) -> Chunks:
+        return Chunks(n, self.cfg.radmmconv.chunk, self.ch.store, self.device, self.dtype)
+
+    def _eval_region(self, prev, split: str):
+        ch = self._eval_chunks(prev.shape[0])
+        hi = self.L if self.last else self.e
+        out = None
+        for sl in ch.slices:
+            h = ch.get(prev, sl)
+            for l in range(self.s, hi + 1):
+                h = self.layers[l - 1].g(h)
+            if out is None:
+                out = ch.new(h.shape[1:])
+            ch.put(out, sl, h)
         return out
 
-    @torch.no_grad()
-    def forward_scores(self) -> dict:
-        """Train and test scores by a true forward pass, pipelined through the regions, in chunks."""
-        scores = {}
-        for split in ("train", "test"):
-            X, y = inputs(self.ds, split, self.dtype, self.ch.store, self.fc)
-            n = X.shape[0]
-            ch = Chunks(n, self.cfg.radmmconv.chunk, self.ch.store, self.device, self.dtype)
-            if self.first:
-                prev = X
-            else:
-                prev = ch.new(self.shapes[self.s - 1])
-                self.comm.recv([prev], self.r - 1, TAG_EVAL)
-            hi = self.L if self.last else self.e
-            out = None
-            for sl in ch.slices:
-                h = ch.get(prev, sl)
-                for l in range(self.s, hi + 1):
-                    h = self.layers[l - 1].g(h)
-                if out is None:
-                    out = ch.new(h.shape[1:])
-                ch.put(out, sl, h)
-            if not self.last:
-                self.comm.send([out], self.r + 1, TAG_EVAL)
-            else:
-                scores.update(score_predictions(out.to(self.device), y.to(self.device), self.ds, split))
-        return scores
-
-    def _snapshot_best(self):
-        return {l: self.layers[l - 1].w.clone() for l in self.own_layers() if self.layers[l - 1].w is not None}
-
-    def _export_W(self, l: int):
-        if self.best_W is not None and l in self.best_W:
-            return self.best_W[l]
-        return self.layers[l - 1].w
+    def _eval_scores(self, out, split: str) -> dict:
+        _, y = tensors_for(self.ds, split, self.dtype, self.device)
+        return score_predictions(out.to(self.device), y, self.ds, split)
 
     # ---- export, scoring, checkpoints -----------------------------------------------------------
-    def export_weights(self):
-        """Flat weight vectors of layers 1..L (keep_best: the best forward-pass training loss)."""
-        if self.cfg.radmm.keep_best and self.best_W is None:
-            self.metrics()
-        mine = {f"{l:05d}": self._export_W(l).detach().cpu().numpy()
-                for l in self.own_layers() if self.layers[l - 1].w is not None}
-        if self.P == 1:
-            got = [mine]
-        else:
-            got = self.comm.gather_arrays(mine)
-            if got is None:
-                return None
-        merged = {k: v for part in got for k, v in part.items()}
-        return [torch.as_tensor(merged[f"{l:05d}"]) if f"{l:05d}" in merged else None
-                for l in range(1, self.L + 1)]
-
     def _load_exported(self, weights):
         for lay, w in zip(self.layers, weights):
             if w is not None:
@@ -382,8 +270,8 @@ class GeneralRadmmTrainer(RadmmTrainer):
                 for n, t in (lay.params(lay.w).items() if lay.w is not None else []):
                     g.create_dataset(n, data=t.detach().cpu().numpy())
 
-    # checkpoint keys follow radmm.py's (W/l, U/l, V/l, tau/..., Lam, jacobi/...), so that
-    # checkpoint.remap_radmm resumes a general run on another number of ranks as well
+    # checkpoint keys follow fcresnet.py's (W/l, U/l, V/l, tau/..., Lam, jacobi/...), so that
+    # regions.remap_state resumes a general run on another number of ranks as well
     def state(self) -> dict:
         eng = self.eng
         out = {}
@@ -436,11 +324,8 @@ class GeneralRadmmTrainer(RadmmTrainer):
                 eng.V[self.s - 1] = t(a)
             elif parts[0] == "jacobi":
                 setattr(eng, parts[1], t(a))
-            elif key == "best/loss":
-                self.best_loss = float(np.asarray(a))
-            elif parts[0] == "best":
-                self.best_W = self.best_W or {}
-                self.best_W[int(parts[2])] = t(a, self.device)
+            else:
+                self._load_best(key, a, lambda a: t(a, self.device))
         if self.jac and not self.first and eng.tauQ is None:      # remapped onto a new boundary
             eng.tauQ = torch.ones(self.N, dtype=self.dtype, device=store)
         for l in range(self.s, self.e + 1):                      # remapped layers without a τ memory
