@@ -19,7 +19,7 @@ def inspect_checkpoint(path: str) -> str:
              f"radmm_hpc {m.get('radmm_hpc_version')})",
              f"  iteration {m['iteration']}, world size {m['world_size']}, algo {m.get('algo')}"
              + (f", schedule {m['schedule']}" if m.get("schedule") else ""),
-             f"  partition (hidden-layer regions per rank): {m['partition'] or '-'}"]
+             f"  partition (RADMM: layers per rank; TRGL: per module): {m['partition'] or '-'}"]
     for sec in ("train", "model", "data"):
         if isinstance(c.get(sec), dict):
             lines.append(f"  [{sec}] " + ", ".join(f"{k}={v}" for k, v in c[sec].items()))

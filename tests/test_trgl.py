@@ -142,6 +142,9 @@ def test_resume_is_exact(tmp_path, mode, capsys):
     cfg = trgl_cfg(b, iters=3, **kw)   # ends on a metrics point (log_every 3), as run a has one there
     cfg.checkpoint.every = 3
     train(cfg, runtime())
+    from radmm_hpc.checkpoint import verify
+    m = verify(str(b / "ckpt-000003"))    # the manifest records the module partition and L
+    assert m["partition"] == sa["partition"] and m["n_layers"] == 5, (m["partition"], m["n_layers"])
     sb = train(trgl_cfg(b, iters=6, **kw), runtime(), resume="auto")
     pa, _ = load_named_params(os.path.join(a, "model.h5"))
     pb, _ = load_named_params(os.path.join(b, "model.h5"))

@@ -72,7 +72,8 @@ The defaults below are the FCResNet's; a method with another kind of model overr
 
     def manifest_fields(self) -> dict:
         """The manifest's `schedule` and `n_layers`."""
-        return {"schedule": "", "n_layers": self.cfg.model.depth + 1}
+        from radmm_hpc.models import layer_count
+        return {"schedule": "", "n_layers": layer_count(self.cfg.model)}
 
     def resume_problem(self, manifest: dict) -> Optional[str]:
         """Why a checkpoint with this (verified, same-config) manifest cannot resume here, or None."""

@@ -328,6 +328,10 @@ class TrglTrainer(Trainer):
         save_named_params(path, model, self.cfg, self.ds)
 
     # ---- checkpoint -------------------------------------------------------------------------
+    def partition(self):
+        """The layers (indices into stem, blocks, head) of each module; rank k trains module k."""
+        return [list(p) for p in self.parts]
+
     def state(self):
         self.drain()
         out = {"fed": np.array([self.fed]), "best": np.array([self.best_val, self.best_iter])}

@@ -22,4 +22,13 @@ def build_model(cfg, ds, generator: torch.Generator, dtype=torch.float32, device
     raise KeyError(m.arch)
 
 
-__all__ = ["FC_ARCHS", "FCResNet", "activation_fn", "build_model", "init_weights", "split_layers"]
+def layer_count(m) -> int:
+    """L of the configured network: hidden layers and the output layer (FCResNet, MLP:
+    depth + 1), or the stem, the residual blocks and the head (ResNets: 3n + 2)."""
+    from radmm_hpc.models.resnet import parse_arch
+    spec = parse_arch(m.arch) if m.arch not in FC_ARCHS else None
+    return m.depth + 1 if spec is None else 3 * spec[1] + 2
+
+
+__all__ = ["FC_ARCHS", "FCResNet", "activation_fn", "build_model", "init_weights", "layer_count",
+           "split_layers"]

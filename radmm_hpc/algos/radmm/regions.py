@@ -247,7 +247,7 @@ class RegionTrainer(Trainer):
         return [list(r) for r in self.regions]
 
     def manifest_fields(self) -> dict:
-        return {"schedule": self.schedule, "n_layers": self.cfg.model.depth + 1}
+        return {"schedule": self.schedule, "n_layers": self.L}
 
     def resume_problem(self, manifest: dict) -> Optional[str]:
         P_old = manifest["world_size"]
