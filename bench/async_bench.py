@@ -41,7 +41,7 @@ def first_time(rows, key, target):
 
 def bench_dap(a, tmp):
     sys.path.insert(0, ROOT)
-    from radmm_hpc.algos.dap_math import write_sparse_problem
+    from radmm_hpc.algos.ps.dap_math import write_sparse_problem
     sparse = os.path.join(tmp, "sparse.h5")
     write_sparse_problem(sparse, n=4000, p=200, density=0.1, support=20, seed=1)
     # the sparse problem has 200 features (L ~ 15x Wine's): a larger lam2 keeps its condition number

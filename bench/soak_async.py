@@ -10,13 +10,15 @@ outer `timeout`; the script prints a table and exits 0 only if every cycle was e
 """
 
 import argparse
+import os
 import sys
 import time
 
 from mpi4py import MPI
 
-from radmm_hpc.algos.ps_selftest import start_stop_cycles
-from radmm_hpc.comm import Comm
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+from ps_selftest import start_stop_cycles  # noqa: E402
+from radmm_hpc.comm import Comm  # noqa: E402
 
 MODES = [("free", False, "none", 0.0), ("round-robin+drop", True, "drop", 0.0),
          ("ssp+jitter", False, "ssp", 0.0005)]

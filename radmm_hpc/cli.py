@@ -155,7 +155,7 @@ def _abort(rt, code: int) -> None:
     job down at once, so give the line a moment to leave (seen lost in CI without the pause)."""
     import time
     time.sleep(0.5)
-    rt.comm.mpi.Abort(code)
+    rt.comm.abort(code)
 
 
 def cmd_train(args, rt) -> int:

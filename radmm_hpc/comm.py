@@ -1,10 +1,11 @@
-"""The communication layer: the only module that moves tensors between ranks.
+"""The communication layer: the only module that calls MPI for moving data between ranks.
 
 Everything else calls these methods. Tensors travel through the uppercase (buffer) mpi4py calls;
 several tensors for one neighbour are packed into one reusable buffer and sent as one message.
-GPU tensors are staged through host memory. Waits poll with a short sleep so that ranks
-oversubscribing cores (8 ranks on 2 cores) do not spin against the ranks doing the work, and so
-that a signal handler can run during a long wait.
+GPU tensors are staged through host memory unless the start-up probe found MPI CUDA-aware. Every
+wait is one polling loop (_poll) with a short sleep, so that ranks oversubscribing cores (8 ranks
+on 2 cores) do not spin against the ranks doing the work and a signal handler can run during a
+long wait; the parameter-server protocol's waits also have a deadline.
 
 With no MPI (world size 1, or mpi4py without an MPI library) the same API works serially.
 Byte counters count tensor payload only: point-to-point bytes and collective payload separately.
@@ -13,7 +14,7 @@ Byte counters count tensor payload only: point-to-point bytes and collective pay
 from __future__ import annotations
 
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -24,18 +25,47 @@ except (ImportError, RuntimeError):  # pragma: no cover - depends on the install
     MPI = None
 
 _OPS = {"sum": "SUM", "max": "MAX", "min": "MIN"}
+# polling: this many tests back to back (latency), then sleeps of SHORT_S, and LONG_S once a wait
+# has lasted LONG_AFTER tests (the cores go to the ranks that compute)
+SPINS, LONG_AFTER, SHORT_S, LONG_S = 50, 2000, 0.0002, 0.001
 
 
 class TAG:
-    """Message tags of every point-to-point exchange, in one table: exchanges that can overlap
-    on one communicator need tags of their own."""
+    """Every message tag, in one table: exchanges that can be in flight together on one
+    communicator have tags of their own."""
     RADMM_INIT, RADMM_FWD, RADMM_BWD, RADMM_EVAL = 11, 12, 13, 14
     RADMM_COLOUR = (15, 16)          # two-colour: the messages after colour 0's and colour 1's sweep
+    MAC_HOP = (21, 22)               # W-step: submodels to the ring successor (alternating passes)
+    MAC_COPY = (23, 24)              # the copy round after the W-step
+    TRGL_PIPE, TRGL_EVAL = 31, 32    # the module pipeline: training batches, evaluation chunks
+    # the parameter-server protocol (algos/ps/protocol.py), on its own duplicated communicator:
+    # the tag is the message kind. Server -> worker, then worker -> server.
+    PS_PARAMS, PS_SNAPSHOT, PS_FULLGRAD, PS_PARK, PS_STOP = 41, 42, 43, 44, 45
+    PS_PUSH, PS_PARTIAL = 46, 47
+    CUDA_PROBE = 90                  # cuda_aware()'s start-up ring exchange
+    GATHER = 1000                    # gather_arrays: GATHER + i for a rank's i-th array
 
 
 def _host(t: torch.Tensor) -> np.ndarray:
     """A numpy view of a contiguous CPU tensor (the buffer MPI reads or writes)."""
     return t.detach().numpy()
+
+
+def _pack(buf: torch.Tensor, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Copy `tensors` into the flat `buf` one after another (staging GPU data to a host buffer)."""
+    offset = 0
+    for t in tensors:
+        buf[offset:offset + t.numel()].copy_(t.detach().reshape(-1))
+        offset += t.numel()
+    return buf
+
+
+def _unpack(buf: torch.Tensor, tensors: Sequence[torch.Tensor]) -> None:
+    """Fill `tensors` in place from the flat `buf` (the inverse of _pack)."""
+    offset = 0
+    for t in tensors:
+        t.copy_(buf[offset:offset + t.numel()].view(t.shape))
+        offset += t.numel()
 
 
 class Comm:
@@ -47,6 +77,7 @@ class Comm:
         self.p2p_recv = 0
         self.coll_bytes = 0
         self._buffers: Dict[tuple, torch.Tensor] = {}
+        self._probed = self._cuda_aware = False   # cuda_aware(): may GPU tensors go to MPI directly?
         self.wait_s = 0.0   # time spent blocked in this layer (the "wait" phase)
 
     # ---- counters -------------------------------------------------------------------------
@@ -56,6 +87,10 @@ class Comm:
 
     def counters(self) -> dict:
         return {"p2p_sent": self.p2p_sent, "p2p_recv": self.p2p_recv, "coll_bytes": self.coll_bytes}
+
+    def buffer_bytes(self) -> int:
+        """Bytes of the reusable message buffers this layer holds (memory accounting)."""
+        return sum(b.numel() * b.element_size() for b in self._buffers.values())
 
     # ---- control plane: small Python objects ------------------------------------------------
     def barrier(self) -> None:
@@ -79,17 +114,32 @@ class Comm:
         self._wait([self.mpi.Iallreduce(MPI.IN_PLACE, buf, op=MPI.MAX)])
         return int(buf[0])
 
+    def abort(self, code: int) -> None:
+        """End every rank of the job now (a failure only this rank saw)."""
+        if self.mpi is not None:
+            self.mpi.Abort(code)
+
     # ---- waiting ----------------------------------------------------------------------------
-    def _wait(self, reqs: List) -> None:
+    def _poll(self, done, timeout_s: Optional[float] = None, message: str = "") -> None:
+        """Call done() until it is true: SPINS times back to back, then with sleeps. Raises
+        TimeoutError(message) after timeout_s seconds (None: no deadline)."""
         t0 = time.perf_counter()
-        if not MPI.Request.Testall(reqs):
-            spins = 0
-            while not MPI.Request.Testall(reqs):
-                spins += 1
-                # spin briefly (latency), then sleep (let the cores go to ranks that compute)
-                if spins > 50:
-                    time.sleep(0.0002 if spins < 2000 else 0.001)
+        spins = 0
+        while not done():
+            spins += 1
+            if spins > SPINS:
+                time.sleep(SHORT_S if spins < LONG_AFTER else LONG_S)
+            if timeout_s is not None and time.perf_counter() - t0 > timeout_s:
+                raise TimeoutError(message)
         self.wait_s += time.perf_counter() - t0
+
+    def _wait(self, reqs: List) -> None:
+        self._poll(lambda: MPI.Request.Testall(reqs))
+
+    def wait_all(self, reqs) -> None:
+        reqs = [r for r in reqs if r is not None]
+        if reqs and self.mpi is not None:
+            self._wait(reqs)
 
     # ---- collectives on tensors ---------------------------------------------------------------
     def allreduce_(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
@@ -111,53 +161,6 @@ class Comm:
             self._wait([self.mpi.Iallreduce(MPI.IN_PLACE, _host(buf), op=getattr(MPI, _OPS[op]))])
         return {k: float(v) for k, v in zip(keys, buf.tolist())}
 
-    # ---- point to point -----------------------------------------------------------------------
-    def _buffer(self, key: tuple, numel: int, dtype: torch.dtype) -> torch.Tensor:
-        buf = self._buffers.get(key)
-        if buf is None or buf.numel() != numel or buf.dtype != dtype:
-            buf = torch.empty(numel, dtype=dtype)
-            self._buffers[key] = buf
-        return buf
-
-    def exchange(self, sends: Dict[int, Sequence[torch.Tensor]],
-                 recvs: Dict[int, Sequence[torch.Tensor]], tag: int = 0) -> None:
-        """Send one packed message to each peer in `sends` and receive one from each in `recvs`.
-
-        Receive targets are filled in place. All tensors of one message share a dtype.
-        """
-        if not sends and not recvs:
-            return
-        if self.mpi is None:
-            raise RuntimeError("exchange with a peer in a one-process run")
-        reqs, unpack = [], []
-        for peer, tensors in recvs.items():
-            numel = sum(t.numel() for t in tensors)
-            buf = self._buffer(("r", peer, tag), numel, tensors[0].dtype)
-            reqs.append(self.mpi.Irecv(_host(buf), source=peer, tag=tag))
-            unpack.append((buf, tensors))
-            self.p2p_recv += buf.numel() * buf.element_size()
-        for peer, tensors in sends.items():
-            numel = sum(t.numel() for t in tensors)
-            buf = self._buffer(("s", peer, tag), numel, tensors[0].dtype)
-            offset = 0
-            for t in tensors:   # pack (and stage GPU data to host) in one pass
-                buf[offset:offset + t.numel()].copy_(t.detach().reshape(-1))
-                offset += t.numel()
-            reqs.append(self.mpi.Isend(_host(buf), dest=peer, tag=tag))
-            self.p2p_sent += buf.numel() * buf.element_size()
-        self._wait(reqs)
-        for buf, tensors in unpack:
-            offset = 0
-            for t in tensors:
-                t.copy_(buf[offset:offset + t.numel()].view(t.shape))
-                offset += t.numel()
-
-    def send(self, tensors: Sequence[torch.Tensor], dest: int, tag: int = 0) -> None:
-        self.exchange({dest: tensors}, {}, tag)
-
-    def recv(self, tensors: Sequence[torch.Tensor], source: int, tag: int = 0) -> None:
-        self.exchange({}, {source: tensors}, tag)
-
     def gather_arrays(self, arrays: Dict[str, np.ndarray], root: int = 0):
         """Gather every rank's named arrays to `root` (model export). Returns a list per rank
         on root, None elsewhere. Shapes travel as control data, values as buffers."""
@@ -167,8 +170,7 @@ class Comm:
         metas = self.mpi.gather(meta, root=root)
         if self.rank != root:
             for i, k in enumerate(sorted(arrays)):
-                a = np.ascontiguousarray(arrays[k])
-                self.mpi.Send(a, dest=root, tag=1000 + i)
+                self.mpi.Send(np.ascontiguousarray(arrays[k]), dest=root, tag=TAG.GATHER + i)
             return None
         out = []
         for r, m in enumerate(metas):
@@ -178,18 +180,81 @@ class Comm:
             got = {}
             for i, k in enumerate(sorted(m)):
                 shape, dt = m[k]
-                a = np.empty(shape, dtype=np.dtype(dt))
-                self.mpi.Recv(a, source=r, tag=1000 + i)
-                got[k] = a
+                got[k] = np.empty(shape, dtype=np.dtype(dt))
+                self.mpi.Recv(got[k], source=r, tag=TAG.GATHER + i)
             out.append(got)
         return out
 
-    # ---- parameter-server messages (async modes): tagged, fixed-size buffers -----------------
-    # The protocol itself lives in radmm_hpc/algos/ps.py; these are its only MPI calls. Buffers
-    # are numpy arrays (a byte image: header + payload); every wait polls with a deadline so that
-    # a lost peer ends in an error (and the CLI's Abort) instead of a hang.
-    ANY_TAG = -1
+    # ---- point to point -----------------------------------------------------------------------
+    def _buffer(self, key: tuple, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        buf = self._buffers.get(key)
+        if buf is None or buf.numel() != numel or buf.dtype != dtype:
+            buf = torch.empty(numel, dtype=dtype)
+            self._buffers[key] = buf
+        return buf
 
+    def _message(self, key: tuple, tensors: Sequence[torch.Tensor], direct: bool) -> torch.Tensor:
+        """The flat buffer of one message: on the GPU (direct) or this layer's host buffer `key`."""
+        numel = sum(t.numel() for t in tensors)
+        if direct:
+            return torch.empty(numel, dtype=tensors[0].dtype, device=tensors[0].device)
+        return self._buffer(key, numel, tensors[0].dtype)
+
+    def exchange(self, sends: Dict[int, Sequence[torch.Tensor]],
+                 recvs: Dict[int, Sequence[torch.Tensor]], tag: int = 0) -> None:
+        """Send one packed message to each peer in `sends` and receive one from each in `recvs`.
+
+        Receive targets are filled in place. All tensors of one message share a dtype. GPU
+        tensors go to MPI directly when cuda_aware() found it can read GPU memory (all tensors of
+        the exchange on the GPU), else through host buffers.
+        """
+        if not sends and not recvs:
+            return
+        if self.mpi is None:
+            raise RuntimeError("exchange with a peer in a one-process run")
+        tensors = [t for ts in list(sends.values()) + list(recvs.values()) for t in ts]
+        direct = self._cuda_aware and all(t.device.type == "cuda" for t in tensors)
+        reqs, unpack = [], []
+        for peer, ts in recvs.items():
+            buf = self._message(("r", peer, tag), ts, direct)
+            reqs.append(self.mpi.Irecv(buf if direct else _host(buf), source=peer, tag=tag))
+            unpack.append((buf, ts))
+            self.p2p_recv += buf.numel() * buf.element_size()
+        for peer, ts in sends.items():
+            buf = _pack(self._message(("s", peer, tag), ts, direct), ts)
+            if direct:
+                torch.cuda.synchronize(buf.device)   # the packed data must be written before MPI reads it
+            reqs.append(self.mpi.Isend(buf if direct else _host(buf), dest=peer, tag=tag))
+            self.p2p_sent += buf.numel() * buf.element_size()
+        self._wait(reqs)
+        for buf, ts in unpack:
+            _unpack(buf, ts)
+
+    def send(self, tensors: Sequence[torch.Tensor], dest: int, tag: int = 0) -> None:
+        self.exchange({dest: tensors}, {}, tag)
+
+    def recv(self, tensors: Sequence[torch.Tensor], source: int, tag: int = 0) -> None:
+        self.exchange({}, {source: tensors}, tag)
+
+    # ---- non-blocking point to point (pipelines: TRGL) ----------------------------------------
+    def post_send(self, tensors: Sequence[torch.Tensor], dest: int, tag: int, slot: int = 0):
+        """Pack `tensors` into this (dest, tag, slot)'s own buffer and start sending it; returns
+        the request. The caller waits on it (wait_all) before posting on the same slot again."""
+        buf = _pack(self._message(("ps", dest, tag, slot), tensors, False), tensors)
+        self.p2p_sent += buf.numel() * buf.element_size()
+        return self.mpi.Isend(_host(buf), dest=dest, tag=tag)
+
+    def post_recv(self, numel: int, dtype: torch.dtype, source: int, tag: int, slot: int = 0):
+        """Start receiving one packed message into this (source, tag, slot)'s buffer; returns
+        (request, buffer). Read the buffer only after wait_all([request])."""
+        buf = self._buffer(("pr", source, tag, slot), numel, dtype)
+        self.p2p_recv += buf.numel() * buf.element_size()
+        return self.mpi.Irecv(_host(buf), source=source, tag=tag), buf
+
+    # ---- parameter-server messages (async modes): tagged, fixed-size buffers -----------------
+    # The protocol itself lives in radmm_hpc/algos/ps/protocol.py; these are its only MPI calls.
+    # Buffers are numpy arrays (a byte image: header + payload); every wait has a deadline so
+    # that a lost peer ends in an error (and the CLI's abort) instead of a hang.
     def dup(self) -> "Comm":
         """A duplicate communicator (own message space) with its own counters."""
         return Comm(self.mpi.Dup() if self.mpi is not None else None)
@@ -204,69 +269,36 @@ class Comm:
         return self.mpi.Isend([buf, MPI.BYTE], dest=dest, tag=tag)
 
     def irecv_msg(self, buf: np.ndarray, source: int, tag: int = -1):
+        """Receive one message of any tag (tag < 0) or of `tag`."""
         self.p2p_recv += buf.nbytes   # messages of one protocol have a fixed size
-        return self.mpi.Irecv([buf, MPI.BYTE], source=source,
-                              tag=MPI.ANY_TAG if tag < 0 else tag)
+        return self.mpi.Irecv([buf, MPI.BYTE], source=source, tag=MPI.ANY_TAG if tag < 0 else tag)
 
     def wait_msgs(self, reqs: list, timeout_s: float, what: str, some: bool = True) -> list:
         """Wait until at least one (some=True) or all of `reqs` (None entries are skipped)
         complete. Returns [(index, tag)] of the completed ones; their slots are set to None.
         Raises TimeoutError naming `what` after timeout_s seconds."""
         live = [i for i, r in enumerate(reqs) if r is not None]
-        if not live:
-            return []
-        t0 = time.perf_counter()
-        done, spins = [], 0
-        while True:
+        done: list = []
+
+        def progress() -> bool:
             for i in live:
-                if reqs[i] is None:
-                    continue
                 st = MPI.Status()
-                if reqs[i].Test(st):
+                if reqs[i] is not None and reqs[i].Test(st):
                     done.append((i, st.Get_tag()))
                     reqs[i] = None
-            if (some and done) or all(reqs[i] is None for i in live):
-                break
-            spins += 1
-            if spins > 50:   # spin briefly for latency, then sleep (cores go to computing ranks)
-                time.sleep(0.0001 if spins < 2000 else 0.0005)
-            if time.perf_counter() - t0 > timeout_s:
-                raise TimeoutError(f"parameter-server protocol: no progress for {timeout_s:g} s "
-                                   f"waiting for {what} (a rank died or hangs)")
-        self.wait_s += time.perf_counter() - t0
+            return bool(some and done) or all(reqs[i] is None for i in live)
+        if live:
+            self._poll(progress, timeout_s, f"parameter-server protocol: no progress for {timeout_s:g} s "
+                                            f"waiting for {what} (a rank died or hangs)")
         return done
-    # ---- non-blocking point to point (pipelines: TRGL) ----------------------------------------
-    def post_send(self, tensors: Sequence[torch.Tensor], dest: int, tag: int, slot: int = 0):
-        """Pack `tensors` into this (dest, tag, slot)'s own buffer and start sending it; returns
-        the request. The caller waits on it (wait_all) before posting on the same slot again."""
-        numel = sum(t.numel() for t in tensors)
-        buf = self._buffer(("ps", dest, tag, slot), numel, tensors[0].dtype)
-        offset = 0
-        for t in tensors:   # pack (and stage GPU data to host) in one pass
-            buf[offset:offset + t.numel()].copy_(t.detach().reshape(-1))
-            offset += t.numel()
-        self.p2p_sent += buf.numel() * buf.element_size()
-        return self.mpi.Isend(_host(buf), dest=dest, tag=tag)
 
-    def post_recv(self, numel: int, dtype: torch.dtype, source: int, tag: int, slot: int = 0):
-        """Start receiving one packed message into this (source, tag, slot)'s buffer; returns
-        (request, buffer). Read the buffer only after wait_all([request])."""
-        buf = self._buffer(("pr", source, tag, slot), numel, dtype)
-        self.p2p_recv += buf.numel() * buf.element_size()
-        return self.mpi.Irecv(_host(buf), source=source, tag=tag), buf
-
-    def wait_all(self, reqs) -> None:
-        reqs = [r for r in reqs if r is not None]
-        if reqs and self.mpi is not None:
-            self._wait(reqs)
-
-    # ---- device tensors (appended for conv-RADMM) ----------------------------------------------
+    # ---- device tensors -------------------------------------------------------------------------
     def cuda_aware(self) -> bool:
         """Whether MPI can read and write CUDA memory directly: decided once, collectively, by a
         start-up probe (the library says it supports CUDA and a device-to-device ring exchange of
         a known pattern arrives intact on every rank); otherwise messages are staged through host
-        memory. Any failure of the probe means 'no'."""
-        if hasattr(self, "_cuda_aware"):
+        memory. Any failure of the probe means 'no'. Callers run it on every rank at start-up."""
+        if self._probed:
             return self._cuda_aware
         ok = 0
         if self.mpi is not None and torch.cuda.is_available():
@@ -278,40 +310,12 @@ class Comm:
                     recv = torch.zeros(4, device=dev)
                     torch.cuda.synchronize(dev)
                     right, left = (self.rank + 1) % self.size, (self.rank - 1) % self.size
-                    self._wait([self.mpi.Irecv(recv, source=left, tag=999),
-                                self.mpi.Isend(send, dest=right, tag=999)])
+                    self._wait([self.mpi.Irecv(recv, source=left, tag=TAG.CUDA_PROBE),
+                                self.mpi.Isend(send, dest=right, tag=TAG.CUDA_PROBE)])
                     ok = int(bool(torch.all(recv == float(left + 1))))
             except Exception:   # noqa: BLE001 - any failure means staging through the host
                 ok = 0
         # every rank must agree (one path for all): a MIN over ranks
         self._cuda_aware = self.mpi is not None and -self.agree_flag(-ok) == 1
+        self._probed = True
         return self._cuda_aware
-
-    def exchange_device(self, sends: Dict[int, Sequence[torch.Tensor]],
-                        recvs: Dict[int, Sequence[torch.Tensor]], tag: int = 0) -> None:
-        """`exchange` for tensors on any device: with CUDA-aware MPI (the probe above) GPU
-        messages are packed into device buffers and handed to MPI directly; otherwise (and for
-        CPU tensors) through the host-staged `exchange`."""
-        tensors = [t for ts in list(sends.values()) + list(recvs.values()) for t in ts]
-        # the probe is collective: callers run cuda_aware() on every rank at start-up; unprobed = staged
-        if (not tensors or not all(t.device.type == "cuda" for t in tensors)
-                or not getattr(self, "_cuda_aware", False)):
-            return self.exchange(sends, recvs, tag)
-        dev = tensors[0].device
-        reqs, unpack = [], []
-        for peer, ts in recvs.items():
-            buf = torch.empty(sum(t.numel() for t in ts), dtype=ts[0].dtype, device=dev)
-            reqs.append(self.mpi.Irecv(buf, source=peer, tag=tag))
-            unpack.append((buf, ts))
-            self.p2p_recv += buf.numel() * buf.element_size()
-        for peer, ts in sends.items():
-            buf = torch.cat([t.detach().reshape(-1) for t in ts])
-            torch.cuda.synchronize(dev)      # the packed data must be written before MPI reads it
-            reqs.append(self.mpi.Isend(buf, dest=peer, tag=tag))
-            self.p2p_sent += buf.numel() * buf.element_size()
-        self._wait(reqs)
-        for buf, ts in unpack:
-            offset = 0
-            for t in ts:
-                t.copy_(buf[offset:offset + t.numel()].view(t.shape))
-                offset += t.numel()

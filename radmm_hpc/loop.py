@@ -174,7 +174,7 @@ def baselines(cfg, ds, seconds: float, rt, with_backprop: bool = True,
         fixed = output_layer_only_scores(cfg, ds)
         if fixed:
             out["output_layer_only"] = fixed
-    if with_backprop and cfg.train.algo != "backprop":
+    if with_backprop:
         from radmm_hpc.baselines import backprop_for_seconds
         threads = torch.get_num_threads()
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))

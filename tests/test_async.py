@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from radmm_hpc.algos import dap_math as dm
+from radmm_hpc.algos.ps import dap_math as dm
 from radmm_hpc.config import Config, validate
 from radmm_hpc.errors import ConfigError, UserError
 
@@ -130,7 +130,7 @@ def test_asgd_starts_from_a_backprop_model_file(cli, tmp_path, model):
     either layout (FCResNet, or named parameters for the convolutional ResNets)."""
     import torch
 
-    from radmm_hpc.algos.asgd import AsgdTrainer
+    from radmm_hpc.algos.ps.asgd import AsgdTrainer
     from radmm_hpc.comm import Comm
     from radmm_hpc.config import Config
     from radmm_hpc.data import load_dataset

@@ -77,7 +77,7 @@ def test_validation_skips_a_stage_that_makes_the_nested_model_worse():
 
 
 def test_hidden_layers_split_into_unit_groups_when_few_layers():
-    from radmm_hpc.algos.mac_parts import auto_groups, make_submodels
+    from radmm_hpc.algos.mac.parts import auto_groups, make_submodels
     tr = trainer(mac_cfg(depth=1, width=8, shards=4))
     assert len(tr.subs) >= 4
     subs = make_submodels([(8, 5), (8, 8), (1, 8)], auto_groups(2, 8, 6))

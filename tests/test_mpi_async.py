@@ -13,7 +13,7 @@ from conftest import mpi_all, world
 @pytest.mark.parametrize("deterministic,policy,jitter", [(False, "none", 0.0), (True, "drop", 0.0),
                                                         (False, "ssp", 0.0005)])
 def test_start_stop_cycles_never_hang(deterministic, policy, jitter):
-    from radmm_hpc.algos.ps_selftest import start_stop_cycles
+    from ps_selftest import start_stop_cycles
     from radmm_hpc.comm import Comm
     assert mpi_all(start_stop_cycles(Comm(world()), 20, deterministic, policy, jitter))
 
@@ -35,9 +35,9 @@ def _asgd_cfg(run_dir, iters=3, **extra):
 
 def _replay(tr, cfg, ds, P, trace):
     """Rank 0: replay a trace in this process with fresh numerics; equal to the MPI run?"""
-    from radmm_hpc.algos import ps
-    from radmm_hpc.algos.asgd import AsgdServer, AsgdWorker, _flat
-    from radmm_hpc.algos.dap import DapServer, DapWorker
+    from radmm_hpc.algos.ps import protocol as ps
+    from radmm_hpc.algos.ps.asgd import AsgdServer, AsgdWorker, _flat
+    from radmm_hpc.algos.ps.dap import DapServer, DapWorker
     if cfg.train.algo == "asgd":
         import torch
         from radmm_hpc.models import build_model
@@ -105,7 +105,7 @@ def test_resume_n_plus_n_equals_2n(shared_dir, algo):
 @pytest.mark.mpi(min_size=2)
 def test_dap_svrg_converges_linearly_where_dap_sgd_flattens(shared_dir):
     from radmm_hpc.algos import trainer_class
-    from radmm_hpc.algos.dap_math import max_smoothness, problem, write_sparse_problem
+    from radmm_hpc.algos.ps.dap_math import max_smoothness, problem, write_sparse_problem
     from radmm_hpc.data import load_dataset
     comm = world()
     path = os.path.join(shared_dir, "sparse.h5")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ckpt_helpers import runtime
-from radmm_hpc.algos.trgl_parts import active_module, augment, stage_schedule
+from radmm_hpc.algos.trgl.parts import active_module, augment, stage_schedule
 from radmm_hpc.config import validate
 from radmm_hpc.data import load_dataset
 from radmm_hpc.errors import ConfigError

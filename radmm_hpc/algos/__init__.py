@@ -1,4 +1,5 @@
-"""Training methods. Each is a Trainer (see base.py) registered by its --algo name."""
+"""Training methods, one package per method (radmm, mac, trgl, ps: A-SGD and DAP, backprop). Each
+is a Trainer (base.py) registered here by its --algo name; the methods never import each other."""
 
 import importlib
 
@@ -9,7 +10,9 @@ from radmm_hpc.algos.base import Trainer
 REGISTRY = {
     "radmm": "radmm_hpc.algos.radmm:make_trainer",
     "backprop": "radmm_hpc.algos.backprop:BackpropTrainer",
-    "asgd": "radmm_hpc.algos.asgd:AsgdTrainer", "dapsvrg": "radmm_hpc.algos.dap:DapTrainer", "dapsgd": "radmm_hpc.algos.dap:DapTrainer",
+    "asgd": "radmm_hpc.algos.ps.asgd:AsgdTrainer",
+    "dapsvrg": "radmm_hpc.algos.ps.dap:DapTrainer",
+    "dapsgd": "radmm_hpc.algos.ps.dap:DapTrainer",
     "mac": "radmm_hpc.algos.mac:MacTrainer",
     "trgl": "radmm_hpc.algos.trgl:TrglTrainer",
 }

@@ -78,9 +78,6 @@ class RegionTrainer(Trainer):
     def own_layers(self) -> List[int]:
         return list(range(self.s, self.e + 1)) + ([self.L] if self.last else [])
 
-    def _exchange(self, sends, recvs, tag: int) -> None:
-        self.comm.exchange_device(sends, recvs, tag)
-
     # ---- start ---------------------------------------------------------------------------------
     def _start(self, X) -> None:
         """A forward pass through the regions (a feasible point), then each schedule's buffers."""
@@ -95,8 +92,8 @@ class RegionTrainer(Trainer):
         if self.jac:
             self._start_jacobi()
         elif self.schedule == "two-colour" and self.P > 1:
-            self._exchange({self.r - 1: self._first_layer()} if not self.first else {},
-                           {self.r + 1: self._ghost_next()} if not self.last else {}, TAG.RADMM_BWD)
+            self.comm.exchange({self.r - 1: self._first_layer()} if not self.first else {},
+                               {self.r + 1: self._ghost_next()} if not self.last else {}, TAG.RADMM_BWD)
 
     # ---- one iteration -------------------------------------------------------------------------
     def step(self, it: int) -> None:
@@ -132,7 +129,7 @@ class RegionTrainer(Trainer):
                         recvs[self.r - 1] = [self._boundary_in()]
                     if not self.last:
                         recvs[self.r + 1] = self._ghost_next()
-                self._exchange(sends, recvs, TAG.RADMM_COLOUR[colour])
+                self.comm.exchange(sends, recvs, TAG.RADMM_COLOUR[colour])
 
     def _jacobi_step(self) -> None:
         j = self.jst
@@ -142,15 +139,15 @@ class RegionTrainer(Trainer):
             self._sweep_region()
         with self.timed("exchange"):
             # forward: our last V to the next region ...
-            self._exchange({self.r + 1: [self._region_out()]} if not self.last else {},
-                           {self.r - 1: [self._boundary_in()]} if not self.first else {}, TAG.RADMM_FWD)
+            self.comm.exchange({self.r + 1: [self._region_out()]} if not self.last else {},
+                               {self.r - 1: [self._boundary_in()]} if not self.first else {}, TAG.RADMM_FWD)
         with self.timed("compute"):
             if not self.first:
                 self._update_m()
         with self.timed("exchange"):
             # ... and the boundary copy and its dual back, packed into one message
-            self._exchange({self.r - 1: [j.Q, j.M]} if not self.first else {},
-                           {self.r + 1: [j.Qn, j.Mn]} if not self.last else {}, TAG.RADMM_BWD)
+            self.comm.exchange({self.r - 1: [j.Q, j.M]} if not self.first else {},
+                               {self.r + 1: [j.Qn, j.Mn]} if not self.last else {}, TAG.RADMM_BWD)
 
     # ---- metrics -------------------------------------------------------------------------------
     def _local_merit(self) -> dict:

@@ -20,6 +20,7 @@ from radmm_hpc.scoring import loss_fn, score_model, score_weights, tensors_for
 
 class BackpropTrainer(Trainer):
     name = "backprop"
+    backprop_baseline = False     # it is the baseline
 
     def __init__(self, cfg, rt, ds):
         super().__init__(cfg, rt, ds)

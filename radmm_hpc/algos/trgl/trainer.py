@@ -26,14 +26,14 @@ import torch
 import torch.nn.functional as F
 
 from radmm_hpc.algos.base import Trainer
-from radmm_hpc.algos.trgl_parts import (MemoryMeter, TrglModule, active_module, augment, batch_indices,
+from radmm_hpc.algos.trgl.parts import (MemoryMeter, TrglModule, active_module, augment, batch_indices,
                                         stage_schedule, tensor_bytes)
+from radmm_hpc.comm import TAG
 from radmm_hpc.errors import UserError
 from radmm_hpc.models import build_model
 from radmm_hpc.models.resnet import AuxHead, ResNet, init_resnet, split_modules
 from radmm_hpc.scoring import score_model
 
-TAG_PIPE, TAG_EVAL = 7100, 7200
 SPLITS = ("val", "test", "train")
 
 
@@ -179,12 +179,12 @@ class TrglTrainer(Trainer):
     def _pipe_one(self) -> None:
         k = self.r
         b = self.done[k]
-        x, y = self._batch(b) if k == 0 else self._recv_input(b, TAG_PIPE, self.shapes[k - 1])
+        x, y = self._batch(b) if k == 0 else self._recv_input(b, TAG.TRGL_PIPE, self.shapes[k - 1])
         out = self._train_module(k, x, y)
         if k < self.K - 1:
             slot = b % len(self.sends)
             self.rt.comm.wait_all([self.sends[slot]])   # that slot's buffer is free again
-            self.sends[slot] = self.rt.comm.post_send([out, y.to(self.dtype)], k + 1, TAG_PIPE, slot)
+            self.sends[slot] = self.rt.comm.post_send([out, y.to(self.dtype)], k + 1, TAG.TRGL_PIPE, slot)
 
     def _step_sequential(self, it: int) -> None:
         a = active_module(self.schedule, it)
@@ -199,12 +199,12 @@ class TrglTrainer(Trainer):
         k = self.r
         if k > a:
             return
-        x, y = self._batch(it) if k == 0 else self._recv_input(it, TAG_PIPE, self.shapes[k - 1])
+        x, y = self._batch(it) if k == 0 else self._recv_input(it, TAG.TRGL_PIPE, self.shapes[k - 1])
         if k == a:
             self._train_module(k, x, y)
         else:
             out = self._frozen(k, x)
-            self.rt.comm.wait_all([self.rt.comm.post_send([out, y.to(self.dtype)], k + 1, TAG_PIPE)])
+            self.rt.comm.wait_all([self.rt.comm.post_send([out, y.to(self.dtype)], k + 1, TAG.TRGL_PIPE)])
 
     def drain(self) -> None:
         """Bring every rank up to the batches fed so far and complete all sends (collective in
@@ -232,7 +232,7 @@ class TrglTrainer(Trainer):
                     x = X[s:e]
                 else:
                     x = torch.empty(e - s, *self.shapes[self.r - 1], dtype=self.dtype)
-                    self.rt.comm.recv([x], self.r - 1, TAG_EVAL)
+                    self.rt.comm.recv([x], self.r - 1, TAG.TRGL_EVAL)
                     x = x.to(self.device)
                 for k in self.mine:
                     self.mods[k].eval()
@@ -240,7 +240,7 @@ class TrglTrainer(Trainer):
                     stats[k] += (float(F.cross_entropy(logits, yb, reduction="sum")),
                                  float((logits.argmax(1) == yb).sum()), e - s)
                 if self.P > 1 and self.r < self.K - 1:
-                    self.rt.comm.send([x.contiguous()], self.r + 1, TAG_EVAL)
+                    self.rt.comm.send([x.contiguous()], self.r + 1, TAG.TRGL_EVAL)
             out[split] = stats
         return out
 
@@ -248,8 +248,7 @@ class TrglTrainer(Trainer):
         params = [p for k in self.mine for p in self.mods[k].parameters()]
         moms = [v for k in self.mine for st in self.opts[k].state.values() for v in st.values()
                 if torch.is_tensor(v)]
-        bufs = list(self.rt.comm._buffers.values())
-        return 2 * tensor_bytes(params) + tensor_bytes(moms) + tensor_bytes(bufs)
+        return 2 * tensor_bytes(params) + tensor_bytes(moms) + self.rt.comm.buffer_bytes()
 
     def metrics(self):
         self.drain()

@@ -31,10 +31,12 @@ from typing import Dict, List
 
 import numpy as np
 
-# server -> worker
-PARAMS, SNAPSHOT, FULLGRAD, PARK, STOP = 11, 12, 13, 14, 15
-# worker -> server
-PUSH, PARTIAL = 21, 22
+from radmm_hpc.comm import TAG
+
+# message kinds (the tags, comm.TAG): server -> worker, then worker -> server
+PARAMS, SNAPSHOT, FULLGRAD, PARK, STOP = (TAG.PS_PARAMS, TAG.PS_SNAPSHOT, TAG.PS_FULLGRAD, TAG.PS_PARK,
+                                          TAG.PS_STOP)
+PUSH, PARTIAL = TAG.PS_PUSH, TAG.PS_PARTIAL
 KINDS = {PARAMS: "params", SNAPSHOT: "snapshot", FULLGRAD: "full gradient", PARK: "park",
          STOP: "stop", PUSH: "push", PARTIAL: "partial full gradient"}
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from radmm_hpc.algos import ps
+from radmm_hpc.algos.ps import protocol as ps
 from radmm_hpc.algos.base import Trainer
 from radmm_hpc.data import shard_range
 from radmm_hpc.errors import UserError

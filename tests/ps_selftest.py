@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from radmm_hpc.algos import ps
+from radmm_hpc.algos.ps import protocol as ps
 
 
 class EchoServer:

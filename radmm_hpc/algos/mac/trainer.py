@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from radmm_hpc.algos.base import Trainer
-from radmm_hpc.algos.mac_parts import Nested, auto_groups, make_submodels, visit_train, z_step
+from radmm_hpc.algos.mac.parts import Nested, auto_groups, make_submodels, visit_train, z_step
+from radmm_hpc.comm import TAG
 from radmm_hpc.data import shard_range
 from radmm_hpc.models.fcresnet import init_weights
 from radmm_hpc.scoring import score_predictions, tensors_for
@@ -136,13 +137,13 @@ class MacTrainer(Trainer):
                                     s["Z"], s["y"], s["Lam"], mu, c.lr, c.batch_size, rng)
             if self.P > 1 and t < hops - 1:
                 self._pass_on(self.held(self.rank, it, t), self.held((self.rank - 1) % self.P, it, t),
-                              True, tag=7100 + t % 2)
+                              True, tag=TAG.MAC_HOP[t % 2])
         # copy round: the final version of every submodel reaches every rank (parameters only)
         final = {sm.index: (self.start_shard(sm, it) + hops - 1) % self.S for sm in self.subs}
         for k in range(self.P - 1):
             mine = [sm for sm in self.subs if final[sm.index] == (self.rank - k) % self.P]
             theirs = [sm for sm in self.subs if final[sm.index] == (self.rank - 1 - k) % self.P]
-            self._pass_on(mine, theirs, False, tag=7200 + k % 2)
+            self._pass_on(mine, theirs, False, tag=TAG.MAC_COPY[k % 2])
         self._guard(old, mu)
 
     def _shard_sums(self, fn):
