@@ -27,6 +27,7 @@ def ping(numel: int, reps: int) -> None:
     """Under mpiexec -n 2: median seconds of one one-hop exchange of `numel` float32 values."""
     import torch
     from mpi4py import MPI
+
     from radmm_hpc.comm import Comm
     comm = Comm(MPI.COMM_WORLD)
     peer = 1 - comm.rank

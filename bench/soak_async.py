@@ -17,8 +17,8 @@ import time
 from mpi4py import MPI
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-from ps_selftest import start_stop_cycles  # noqa: E402
 from radmm_hpc.comm import Comm  # noqa: E402
+from tests.support.ps_selftest import start_stop_cycles
 
 MODES = [("free", False, "none", 0.0), ("round-robin+drop", True, "drop", 0.0),
          ("ssp+jitter", False, "ssp", 0.0005)]

@@ -46,6 +46,7 @@ def _cfg(run_dir, iters, subset, modules=3, **trgl):
 
 def accuracy(args):
     import torch
+
     from radmm_hpc.comm import Comm
     from radmm_hpc.loop import train
     from radmm_hpc.runtime import Runtime

@@ -43,8 +43,14 @@ import numpy as np
 import torch
 
 from radmm_hpc import __version__
-from radmm_hpc.errors import (EXIT_DIVERGED, CheckpointError, CheckpointWriteError, CollectiveError,
-                              DamagedCheckpoint, UserError)
+from radmm_hpc.errors import (
+    EXIT_DIVERGED,
+    CheckpointError,
+    CheckpointWriteError,
+    CollectiveError,
+    DamagedCheckpoint,
+    UserError,
+)
 
 FORMAT = "radmm_hpc.checkpoint"
 FORMAT_VERSION = 1

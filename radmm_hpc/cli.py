@@ -211,6 +211,7 @@ def cmd_eval(args) -> int:
 
 def _eval_named(args, cfg) -> int:
     import torch
+
     from radmm_hpc.data import load_dataset
     from radmm_hpc.modelio import load_named_params
     from radmm_hpc.models import build_model

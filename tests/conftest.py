@@ -1,25 +1,12 @@
-import os
-import subprocess
-import sys
-import time
+"""Fixtures: the CLI launcher, the communicator a test body runs on (COMM_SELF in the serial
+suite, COMM_WORLD under mpiexec), its Runtime, and a run directory every rank shares."""
+
+import shutil
+import tempfile
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_cli(args, ranks=1, timeout=120, cwd=None, env_extra=None):
-    """Run `python -m radmm_hpc ARGS` (under mpiexec when ranks > 1). Returns (proc, seconds)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    env.pop("SLURM_JOB_ID", None)
-    env.update(env_extra or {})
-    cmd = [sys.executable, "-m", "radmm_hpc", *args]
-    if ranks > 1:
-        mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-        cmd = [mpiexec if os.path.exists(mpiexec) else "mpiexec", "-n", str(ranks)] + cmd
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd or ROOT, env=env)
-    return proc, time.perf_counter() - t0
+from tests.support import run_cli, runtime, world
 
 
 @pytest.fixture
@@ -27,27 +14,38 @@ def cli():
     return run_cli
 
 
-def mpi_all(flag: bool) -> bool:
-    """True on every rank only if `flag` is true on every rank."""
-    from mpi4py import MPI
-    return bool(MPI.COMM_WORLD.allreduce(int(bool(flag)), op=MPI.MIN))
+@pytest.fixture(params=["self", pytest.param("world", marks=pytest.mark.mpi(min_size=2))])
+def comm(request):
+    """None (one process, no MPI) in the serial suite, MPI.COMM_WORLD in the MPI suite: one test
+    body for both where serial and MPI tests would repeat each other."""
+    return world() if request.param == "world" else None
 
 
-def world():
-    """MPI.COMM_WORLD (imported here so that serial runs never load MPI)."""
-    from mpi4py import MPI
-    return MPI.COMM_WORLD
+@pytest.fixture
+def rt(comm):
+    return runtime(comm)
+
+
+def _shared_tmp(c):
+    """One temporary directory for all ranks of c: rank 0 makes it and removes it after every
+    rank is done."""
+    path = c.bcast(tempfile.mkdtemp(prefix="radmm-mpi-") if c.Get_rank() == 0 else None)
+    yield path
+    c.Barrier()
+    if c.Get_rank() == 0:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
 def shared_dir():
-    """One temporary directory for all ranks of an MPI test: rank 0 makes it and removes it after
-    every rank is done."""
-    import shutil
-    import tempfile
-    comm = world()
-    path = comm.bcast(tempfile.mkdtemp(prefix="radmm-mpi-") if comm.Get_rank() == 0 else None)
-    yield path
-    comm.Barrier()
-    if comm.Get_rank() == 0:
-        shutil.rmtree(path, ignore_errors=True)
+    """A temporary directory every rank of the world shares."""
+    yield from _shared_tmp(world())
+
+
+@pytest.fixture
+def run_root(comm, tmp_path):
+    """A directory for a test's runs: tmp_path on one process, a shared one under MPI."""
+    if comm is None:
+        yield str(tmp_path)
+    else:
+        yield from _shared_tmp(comm)

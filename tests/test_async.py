@@ -10,6 +10,7 @@ import pytest
 from radmm_hpc.algos.ps import dap_math as dm
 from radmm_hpc.config import Config, validate
 from radmm_hpc.errors import ConfigError, UserError
+from tests.support import runtime
 
 
 def test_prox_satisfies_the_optimality_conditions_and_beats_a_grid():
@@ -131,11 +132,9 @@ def test_asgd_starts_from_a_backprop_model_file(cli, tmp_path, model):
     import torch
 
     from radmm_hpc.algos.ps.asgd import AsgdTrainer
-    from radmm_hpc.comm import Comm
     from radmm_hpc.config import Config
     from radmm_hpc.data import load_dataset
     from radmm_hpc.modelio import load_model, load_named_params
-    from radmm_hpc.runtime import Runtime
     net = (["--model", "resnet8", "--data", "digits", "--set", "model.base_width=4", "--set", "data.train_subset=128"]
            if model == "resnet8" else ["--set", "model.width=8", "--set", "model.depth=3"])
     run = tmp_path / "bp"
@@ -153,11 +152,11 @@ def test_asgd_starts_from_a_backprop_model_file(cli, tmp_path, model):
         cfg.model.width, cfg.model.depth = 8, 3
         want = torch.cat([w.reshape(-1) for w in load_model(str(run / "model.h5"))[0]])
     ds = load_dataset(cfg.data)
-    fresh = torch.as_tensor(AsgdTrainer(cfg, Runtime(comm=Comm(None)), ds).app.x).clone()
+    fresh = torch.as_tensor(AsgdTrainer(cfg, runtime(), ds).app.x).clone()
     cfg.asgd.init_model = str(run / "model.h5")
-    got = torch.as_tensor(AsgdTrainer(cfg, Runtime(comm=Comm(None)), ds).app.x)
+    got = torch.as_tensor(AsgdTrainer(cfg, runtime(), ds).app.x)
     assert got.shape == want.shape and not torch.equal(got, fresh)     # backprop moved the weights
     assert torch.allclose(got.double(), want.double(), atol=1e-7)
     cfg.model.base_width, cfg.model.width = 8, 16                  # another network: a clear error
     with pytest.raises(UserError, match="do not match this model"):
-        AsgdTrainer(cfg, Runtime(comm=Comm(None)), load_dataset(cfg.data))
+        AsgdTrainer(cfg, runtime(), load_dataset(cfg.data))

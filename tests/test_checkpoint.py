@@ -15,36 +15,48 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ckpt_helpers import (flip, metrics_iters, replace_shard, rewrite_manifest, runtime, same_weights,
-                          tiny_cfg, weights)
-from conftest import ROOT
 from radmm_hpc import checkpoint as ck
 from radmm_hpc.algos import trainer_class
 from radmm_hpc.data import load_dataset
 from radmm_hpc.errors import UserError
 from radmm_hpc.loop import train
 from radmm_hpc.runtime import CollectiveError
+from tests.support import ROOT, mpi_all, on_root, runtime
+from tests.support.checkpoints import (
+    flip,
+    metrics_iters,
+    metrics_records,
+    replace_shard,
+    rewrite_manifest,
+    same_weights,
+    weights,
+)
+from tests.support.configs import tiny_cfg
 
-SCHEDULES = [("backprop", "serial"), ("radmm", "serial"), ("radmm", "serial-redblack"),
-             ("radmm", "two-colour"), ("radmm", "jacobi")]
+RESUMABLE = [("backprop", "serial", {}), ("radmm", "serial", {}),
+             ("radmm", "serial-redblack", {"radmm__regions": 2}), ("radmm", "two-colour", {}),
+             ("radmm", "jacobi", {}),
+             ("mac", "serial", {"mac__iters_per_mu": 3, "mac__variant": "al", "mac__patience": 0})]
 CLI_SMALL = ["--data", "synthetic-regression", "--set", "data.n_samples=64", "--set", "model.width=8",
              "--set", "model.depth=5", "--set", "train.compare=false", "--set", "train.log_every=5",
              "--dtype", "float64"]
 
 
-def _extra(algo, schedule):
-    return {"radmm__regions": 2} if schedule == "serial-redblack" else {}
-
-
-@pytest.mark.parametrize("algo,schedule", SCHEDULES)
-def test_resume_is_bit_identical(tmp_path, algo, schedule):
-    kw = dict(algo=algo, schedule=schedule, **_extra(algo, schedule))
-    train(tiny_cfg(tmp_path / "a", iters=20, **kw), runtime())
-    train(tiny_cfg(tmp_path / "b", iters=10, every=10, **kw), runtime())
-    summary = train(tiny_cfg(tmp_path / "b", iters=20, **kw), runtime(), resume="auto")
-    assert summary["iters"] == 20
-    assert same_weights(weights(tmp_path / "a"), weights(tmp_path / "b"))
-    assert metrics_iters(tmp_path / "b") == metrics_iters(tmp_path / "a") == [5, 10, 15, 20]
+@pytest.mark.parametrize("algo,schedule,extra", RESUMABLE)
+def test_resume_is_bit_identical(comm, run_root, algo, schedule, extra):
+    """10 iterations, a checkpoint, a resume to 20 == 20 at once: the same weights and metrics, on
+    one process (serial suite) and on every rank count of the MPI suite."""
+    P = 1 if comm is None else comm.Get_size()
+    if P > 1 and algo == "radmm" and schedule.startswith("serial"):
+        pytest.skip("a one-rank schedule")
+    kw = dict(algo=algo, schedule=schedule, depth=9, data__n_samples=40 + 12 * P, **extra)
+    a, b = os.path.join(run_root, "a"), os.path.join(run_root, "b")
+    train(tiny_cfg(a, iters=20, **kw), runtime(comm))
+    train(tiny_cfg(b, iters=10, every=10, **kw), runtime(comm))
+    summary = train(tiny_cfg(b, iters=20, **kw), runtime(comm), resume="auto")
+    ok = on_root(comm, lambda: summary["iters"] == 20 and same_weights(weights(a), weights(b))
+                 and metrics_records(a) == metrics_records(b) and metrics_iters(a) == [5, 10, 15, 20])
+    assert ok if comm is None else mpi_all(ok, comm)
 
 
 def test_resume_drops_metrics_after_the_checkpoint_and_named_path(tmp_path):
@@ -161,7 +173,7 @@ def test_cli_resume_errors(cli, good_run, tmp_path, capsys):
     proc, _ = cli(base + ["--resume", str(run / "ckpt-000006")])
     errors = [ln for ln in proc.stderr.splitlines() if "error" in ln]
     assert proc.returncode == 2 and len(errors) == 1 and "shard-00000.h5: damaged" in errors[0], proc.stderr
-    from radmm_hpc.cli import main      # the other bad inputs in-process (same code path)
+    from radmm_hpc.cli import main  # the other bad inputs in-process (same code path)
     assert main(base + ["--resume", "auto"]) == 2
     assert "--resume auto needs the run directory" in capsys.readouterr().err
     assert main(base + ["--resume", str(tmp_path / "nothing")]) == 2
@@ -230,6 +242,7 @@ def test_write_failure_keeps_previous(tmp_path, monkeypatch):
 
 def test_divergence_never_overwrites_the_last_good_checkpoint(tmp_path, monkeypatch):
     import torch
+
     from radmm_hpc import loop
     base = trainer_class("backprop")
 

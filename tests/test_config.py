@@ -3,6 +3,7 @@ import pytest
 from radmm_hpc.cli import parse_args, resolve_config
 from radmm_hpc.config import Config, render_toml, validate
 from radmm_hpc.errors import ConfigError
+from tests.support import runtime
 
 
 def resolve(argv, world=1):
@@ -54,9 +55,8 @@ def test_more_regions_than_layers():
 
 
 def test_world_size_mismatch(monkeypatch):
-    from radmm_hpc.comm import Comm
-    from radmm_hpc.runtime import Runtime, check_world_size
-    rt = Runtime(comm=Comm(None))
+    from radmm_hpc.runtime import check_world_size
+    rt = runtime()
     with pytest.raises(ConfigError, match="train.world_size = 4 but this job has 1 ranks"):
         check_world_size(rt, 4)
     monkeypatch.setenv("SLURM_JOB_ID", "7")

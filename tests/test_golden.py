@@ -1,10 +1,10 @@
-"""Golden runs (tests/golden_runs.py): the default network and data for a few iterations on 4
+"""Golden runs (tests/support/golden.py): the default network and data for a few iterations on 4
 ranks, and ResNet-8 through the general RADMM trainer (two-colour, 3 ranks) give the numbers
 and files recorded before the algorithms were reorganised into packages."""
 
 import pytest
 
-from golden_runs import collect, differences, load, run_case
+from tests.support.golden import collect, differences, load, run_case
 
 
 @pytest.mark.parametrize("case", ["main-small", "resnet8-two-colour"])

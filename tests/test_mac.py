@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from ckpt_helpers import same_weights, tiny_cfg, weights
-from mac_helpers import mac_cfg, trainer
 from radmm_hpc.config import validate
 from radmm_hpc.errors import ConfigError
+from tests.support import make_trainer
+from tests.support.checkpoints import same_weights
+from tests.support.configs import mac_cfg
 
 
 @pytest.mark.parametrize("variant,task", [("qp", "regression"), ("al", "regression"),
@@ -18,7 +19,7 @@ def test_e_q_decreases_across_w_and_z_steps(variant, task):
     cfg = mac_cfg(variant=variant, shards=3)
     if task == "classification":
         cfg.data.name = "synthetic-classification"
-    tr = trainer(cfg)
+    tr = make_trainer(cfg)
     mu = 3.0
     eq = [tr.objective_parts(mu)["E_Q"]]
     for it in range(4):
@@ -34,7 +35,7 @@ def test_e_q_decreases_across_w_and_z_steps(variant, task):
 
 @pytest.mark.parametrize("variant", ["qp", "al"])
 def test_constraint_violation_falls_as_mu_grows(variant):
-    tr = trainer(mac_cfg(variant=variant))
+    tr = make_trainer(mac_cfg(variant=variant))
     for it in range(2):            # at a small μ the auxiliary coordinates leave the forward pass
         tr.step(it)
     viol, gap = [], []
@@ -54,11 +55,11 @@ def test_constraint_violation_falls_as_mu_grows(variant):
 
 
 def test_training_beats_the_initial_network_and_stops_at_the_schedule_end(tmp_path):
-    from ckpt_helpers import runtime
     from radmm_hpc.loop import train
+    from tests.support import runtime
     cfg = mac_cfg(mu_steps=4, n=200)
     cfg.train.iters, cfg.train.log_every, cfg.train.run_dir = 50, 2, str(tmp_path)
-    init = trainer(cfg).scores(trainer(cfg).W)["train_loss"]
+    init = make_trainer(cfg).scores(make_trainer(cfg).W)["train_loss"]
     summary = train(cfg, runtime())
     assert summary["iters"] == 8            # 4 μ values × 2 alternations, then converged
     assert summary["train_loss"] < 0.8 * init, (summary["train_loss"], init)
@@ -67,7 +68,7 @@ def test_training_beats_the_initial_network_and_stops_at_the_schedule_end(tmp_pa
 
 
 def test_validation_skips_a_stage_that_makes_the_nested_model_worse():
-    tr = trainer(mac_cfg())
+    tr = make_trainer(mac_cfg())
     best = [w.clone() for w in tr.W]
     tr.best_val = -1.0                         # nothing can validate better than this
     tr.step(0)
@@ -78,7 +79,7 @@ def test_validation_skips_a_stage_that_makes_the_nested_model_worse():
 
 def test_hidden_layers_split_into_unit_groups_when_few_layers():
     from radmm_hpc.algos.mac.parts import auto_groups, make_submodels
-    tr = trainer(mac_cfg(depth=1, width=8, shards=4))
+    tr = make_trainer(mac_cfg(depth=1, width=8, shards=4))
     assert len(tr.subs) >= 4
     subs = make_submodels([(8, 5), (8, 8), (1, 8)], auto_groups(2, 8, 6))
     rows = {}
@@ -100,20 +101,6 @@ def test_config_errors():
         bad = mac_cfg(**{key: value})
         with pytest.raises(ConfigError, match=msg):
             validate(bad, world_size=1)
-
-
-def test_resume_is_bit_identical(tmp_path):
-    from ckpt_helpers import runtime
-    from radmm_hpc.loop import train
-    kw = dict(algo="mac", depth=3, mac__iters_per_mu=3, mac__variant="al", mac__patience=0)
-    a, b = tmp_path / "a", tmp_path / "b"
-    train(tiny_cfg(a, iters=10, **kw), runtime())
-    train(tiny_cfg(b, iters=5, every=5, **kw), runtime())
-    train(tiny_cfg(b, iters=10, **kw), runtime(), resume="auto")
-    assert same_weights(weights(a), weights(b))
-    ja = [json.loads(x) for x in open(a / "metrics.jsonl")]
-    jb = [json.loads(x) for x in open(b / "metrics.jsonl")]
-    assert [r["E_Q"] for r in ja] == [r["E_Q"] for r in jb] and len(ja) == 2
 
 
 def test_cli_runs_mac_and_scores_the_nested_model(cli, tmp_path, capsys):
@@ -138,7 +125,7 @@ def test_mac_model_is_the_shared_model(arch):
     cfg = mac_cfg(depth=3)
     cfg.model.arch = arch
     validate(cfg)
-    tr = trainer(cfg)
+    tr = make_trainer(cfg)
     X = torch.as_tensor(tr.ds.X_test)
     mod = build_model(cfg, tr.ds, torch.Generator().manual_seed(0), torch.float64)
     ref = forward(tr.W, X, "relu", True, residual=arch == "fcresnet")

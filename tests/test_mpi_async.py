@@ -2,19 +2,20 @@
 deterministic runs, N + resume + N == 2N, DAP-SVRG against DAP-SGD."""
 
 import os
+
 import numpy as np
 import pytest
 
-from ckpt_helpers import runtime, tiny_cfg
-from conftest import mpi_all, world
+from tests.support import mpi_all, runtime, world
+from tests.support.configs import tiny_cfg
 
 
 @pytest.mark.mpi(min_size=2)
 @pytest.mark.parametrize("deterministic,policy,jitter", [(False, "none", 0.0), (True, "drop", 0.0),
                                                         (False, "ssp", 0.0005)])
 def test_start_stop_cycles_never_hang(deterministic, policy, jitter):
-    from ps_selftest import start_stop_cycles
     from radmm_hpc.comm import Comm
+    from tests.support.ps_selftest import start_stop_cycles
     assert mpi_all(start_stop_cycles(Comm(world()), 20, deterministic, policy, jitter))
 
 
@@ -40,6 +41,7 @@ def _replay(tr, cfg, ds, P, trace):
     from radmm_hpc.algos.ps.dap import DapServer, DapWorker
     if cfg.train.algo == "asgd":
         import torch
+
         from radmm_hpc.models import build_model
         m = build_model(cfg, ds, torch.Generator().manual_seed(cfg.train.seed), tr.dtype, "cpu")
         app = AsgdServer(_flat(list(m.parameters())).numpy().copy(), cfg.asgd)

@@ -1,13 +1,14 @@
-"""Checkpoints under MPI (pytest-mpi): bit-identical resume for each distributed method, elastic
-RADMM resume on another number of ranks, a write failure on one rank, damaged-shard fallback."""
+"""Checkpoints under MPI (pytest-mpi): elastic resume on another number of ranks, a write failure
+on one rank, damaged-shard fallback (bit-identical resume: test_checkpoint.py, on every rank count)."""
 
 import os
 
 import numpy as np
 import pytest
 
-from ckpt_helpers import flip, metrics_iters, runtime, same_weights, tiny_cfg, weights
-from conftest import mpi_all, world
+from tests.support import mpi_all, on_root, runtime, world
+from tests.support.checkpoints import flip, same_weights, weights
+from tests.support.configs import tiny_cfg
 
 
 def _train(cfg, comm, resume=None):
@@ -16,23 +17,7 @@ def _train(cfg, comm, resume=None):
 
 
 def _on_root(fn):
-    comm = world()
-    return comm.bcast(fn() if comm.Get_rank() == 0 else None)
-
-
-@pytest.mark.mpi(min_size=2)
-@pytest.mark.parametrize("algo,schedule", [("backprop", "serial"), ("radmm", "two-colour"),
-                                           ("radmm", "jacobi")])
-def test_resume_is_bit_identical_under_mpi(shared_dir, algo, schedule):
-    comm = world()
-    a, b = os.path.join(shared_dir, "a"), os.path.join(shared_dir, "b")
-    kw = dict(algo=algo, schedule=schedule, depth=9)
-    _train(tiny_cfg(a, iters=20, **kw), comm)
-    _train(tiny_cfg(b, iters=10, every=5, **kw), comm)
-    _train(tiny_cfg(b, iters=20, **kw), comm, resume="auto")
-    ok = _on_root(lambda: same_weights(weights(a), weights(b))
-                  and metrics_iters(a) == metrics_iters(b) == [5, 10, 15, 20])
-    assert mpi_all(ok)
+    return on_root(world(), fn)
 
 
 def _sub(comm, n):

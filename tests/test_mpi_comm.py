@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import mpi_all, world
+from tests.support import mpi_all, world
 
 
 def _comm():
@@ -86,7 +86,7 @@ def test_reductions_and_gather():
 def test_pipeline_slots_keep_messages_apart():
     """post_send on two slots before the receiver posts: each message arrives intact, in order."""
     comm = _comm()
-    r, p = comm.rank, comm.size
+    r = comm.rank
     ok = True
     if r == 0:
         reqs = [comm.post_send([torch.full((3,), float(k)), torch.tensor([k * 10.0])], 1, tag=9, slot=k)

@@ -1,13 +1,12 @@
 """ParMAC under MPI: the same model as serial MAC with the same shards and visiting order, only
-submodel bytes on the wire, bit-identical resume."""
+submodel bytes on the wire (bit-identical resume: test_checkpoint.py)."""
 
-import os
 
 import pytest
 import torch
 
-from conftest import mpi_all, world
-from mac_helpers import mac_cfg, trainer
+from tests.support import make_trainer, mpi_all, world
+from tests.support.configs import mac_cfg
 
 
 @pytest.mark.mpi(min_size=2)
@@ -17,7 +16,7 @@ def test_parmac_equals_serial_mac(variant, depth, epochs):
     comm = world()
     P, r = comm.Get_size(), comm.Get_rank()
     cfg = mac_cfg(depth=depth, variant=variant, epochs=epochs, shards=P, n=40 + 8 * P)
-    par, ser = trainer(cfg, comm), trainer(cfg)
+    par, ser = make_trainer(cfg, comm), make_trainer(cfg)
     init = [w.clone() for w in par.W]
     for it in range(4):     # two μ stage ends (multipliers, validation)
         par.step(it)
@@ -37,7 +36,7 @@ def test_parmac_equals_serial_mac(variant, depth, epochs):
 def test_bytes_on_the_wire_are_the_submodel_sizes(epochs):
     comm = world()
     P = comm.Get_size()
-    tr = trainer(mac_cfg(depth=2, epochs=epochs, n=40 + 12 * P), comm)
+    tr = make_trainer(mac_cfg(depth=2, epochs=epochs, n=40 + 12 * P), comm)
     sizes = sum(tr.W[sm.layer][sm.r0:sm.r1].numel() for sm in tr.subs)
     item = 8   # float64
     state_extra = len(tr.subs)          # one Adam step counter per submodel
@@ -50,19 +49,3 @@ def test_bytes_on_the_wire_are_the_submodel_sizes(epochs):
         recv = comm.allreduce(tr.comm.p2p_recv - r0)
         ok = ok and sent == recv == expect == tr.submodel_bytes() and tr.comm.coll_bytes == c0
     assert mpi_all(ok and sum(w.numel() for w in tr.W) == sizes), (expect, tr.submodel_bytes())
-
-
-@pytest.mark.mpi(min_size=2)
-def test_parmac_resume_is_bit_identical(shared_dir):
-    from ckpt_helpers import metrics_iters, runtime, same_weights, tiny_cfg, weights
-    from radmm_hpc.loop import train
-    comm = world()
-    a, b = os.path.join(shared_dir, "a"), os.path.join(shared_dir, "b")
-    kw = dict(algo="mac", depth=2, mac__iters_per_mu=3, mac__variant="al", mac__patience=0,
-              data__n_samples=40 + 12 * comm.Get_size())
-    train(tiny_cfg(a, iters=10, **kw), runtime(comm))
-    train(tiny_cfg(b, iters=5, every=5, **kw), runtime(comm))
-    train(tiny_cfg(b, iters=10, **kw), runtime(comm), resume="auto")
-    ok = comm.bcast(same_weights(weights(a), weights(b)) and metrics_iters(a) == metrics_iters(b) == [5, 10]
-                    if comm.Get_rank() == 0 else None)
-    assert mpi_all(ok)

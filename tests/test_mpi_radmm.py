@@ -3,9 +3,9 @@
 
 import pytest
 
-from conftest import mpi_all
-from radmm_helpers import (init_jacobi, jacobi_merit, jacobi_sweep, owned_tensors, rel_err, small_cfg,
-                           tensor_bytes, trainer)
+from tests.support import make_trainer, mpi_all, world
+from tests.support.configs import small_cfg
+from tests.support.radmm import init_jacobi, jacobi_merit, jacobi_sweep, owned_tensors, rel_err, tensor_bytes
 
 
 def _depth_not_divisible(P):
@@ -14,11 +14,10 @@ def _depth_not_divisible(P):
 
 @pytest.mark.mpi(min_size=2)
 def test_two_colour_equals_serial_redblack():
-    from mpi4py import MPI
-    P = MPI.COMM_WORLD.Get_size()
+    P = world().Get_size()
     depth = _depth_not_divisible(P)
-    par = trainer(small_cfg(depth=depth, schedule="two-colour"), MPI.COMM_WORLD)
-    ser = trainer(small_cfg(depth=depth, schedule="serial-redblack", regions=P))
+    par = make_trainer(small_cfg(depth=depth, schedule="two-colour"), world())
+    ser = make_trainer(small_cfg(depth=depth, schedule="serial-redblack", regions=P))
     for it in range(6):
         par.step(it)
         ser.step(it)
@@ -31,12 +30,11 @@ def test_two_colour_equals_serial_redblack():
 
 @pytest.mark.mpi(min_size=2)
 def test_jacobi_converges_like_serial():
-    from mpi4py import MPI
-    P = MPI.COMM_WORLD.Get_size()
+    P = world().Get_size()
     depth = _depth_not_divisible(P)
     kw = dict(depth=depth, width=8, n=64, omega=0.05, beta_b=1.0)
-    par = trainer(small_cfg(schedule="jacobi", **kw), MPI.COMM_WORLD)
-    ser = trainer(small_cfg(schedule="serial", **kw))
+    par = make_trainer(small_cfg(schedule="jacobi", **kw), world())
+    ser = make_trainer(small_cfg(schedule="serial", **kw))
     # Both runs still descend at this point and follow different block orders on a non-convex
     # problem: Jacobi ends from 9% below (P = 3) to 1% above (P = 2) the serial loss (measured,
     # docs/radmm.md). The check: never more than 5% worse than serial, boundary consensus reached.
@@ -51,11 +49,10 @@ def test_jacobi_converges_like_serial():
 
 @pytest.mark.mpi(min_size=2)
 def test_jacobi_bytes_per_iteration_exact():
-    from mpi4py import MPI
-    comm = MPI.COMM_WORLD
+    comm = world()
     P, r = comm.Get_size(), comm.Get_rank()
     d, n = 8, 80
-    tr = trainer(small_cfg(depth=_depth_not_divisible(P), width=d, n=n, schedule="jacobi"), comm)
+    tr = make_trainer(small_cfg(depth=_depth_not_divisible(P), width=d, n=n, schedule="jacobi"), comm)
     N = tr.N
     before = tr.comm.p2p_sent
     for it in range(3):
@@ -71,13 +68,12 @@ def test_jacobi_bytes_per_iteration_exact():
 @pytest.mark.mpi(min_size=2)
 @pytest.mark.parametrize("schedule", ["jacobi", "two-colour"])
 def test_memory_per_rank_falls_as_one_over_p(schedule):
-    from mpi4py import MPI
-    comm = MPI.COMM_WORLD
+    comm = world()
     P = comm.Get_size()
     depth, d, n = 8 * P, 8, 64     # P divides depth: regions of equal size
     cfg = small_cfg(depth=depth, width=d, n=n, schedule=schedule)
-    par = trainer(cfg, comm)
-    ser = trainer(small_cfg(depth=depth, width=d, n=n))
+    par = make_trainer(cfg, comm)
+    ser = make_trainer(small_cfg(depth=depth, width=d, n=n))
     N = par.N
     mine, serial = tensor_bytes(par), tensor_bytes(ser)
     # X, Y sit on one rank each; boundary buffers: at most 5 d×N blocks and one d×d matrix
@@ -91,13 +87,12 @@ def test_memory_per_rank_falls_as_one_over_p(schedule):
 @pytest.mark.parametrize("variant,splitting", [("proximal", "three"), ("linearized", "three"),
                                                ("linearized", "two")])
 def test_jacobi_equals_the_serial_jacobi_simulation(variant, splitting):
-    """The MPI Jacobi schedule == Jacobi PRU simulated in one process (radmm_helpers.jacobi_sweep):
+    """The MPI Jacobi schedule == Jacobi PRU simulated in one process (tests/support/radmm.py):
     the same iterates and boundary variables on every rank, the same Lagrangian."""
-    from mpi4py import MPI
-    P, r = MPI.COMM_WORLD.Get_size(), MPI.COMM_WORLD.Get_rank()
+    P, r = world().Get_size(), world().Get_rank()
     kw = dict(depth=_depth_not_divisible(P), variant=variant, splitting=splitting, omega=0.05)
-    par = trainer(small_cfg(schedule="jacobi", **kw), MPI.COMM_WORLD)
-    ser = trainer(small_cfg(schedule="serial", **kw))
+    par = make_trainer(small_cfg(schedule="jacobi", **kw), world())
+    ser = make_trainer(small_cfg(schedule="serial", **kw))
     st = init_jacobi(ser.st, P)
     for it in range(4):
         par.step(it)

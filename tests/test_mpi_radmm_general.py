@@ -4,8 +4,8 @@ progress, resume (N + resume + N == 2N)."""
 import pytest
 import torch
 
-from conftest import mpi_all, world
-from radmmconv_helpers import conv_trainer
+from tests.support import mpi_all, runtime, world
+from tests.support.radmm_general import conv_trainer
 
 
 def _state_bytes(tr):
@@ -64,12 +64,11 @@ def test_cli_loop_resume_conv(monkeypatch, tmp_path_factory, schedule="two-colou
     (Jacobi's resume is checked in process above.)"""
     import h5py
     import numpy as np
+
     from radmm_hpc import loop
     from radmm_hpc.algos.radmm import general as radmm_conv
-    from radmm_hpc.comm import Comm
     from radmm_hpc.config import Config
-    from radmm_hpc.runtime import Runtime
-    from radmmconv_helpers import conv_dataset, conv_layers
+    from tests.support.radmm_general import conv_dataset, conv_layers
     comm = world()
     P = comm.Get_size()
     base = comm.bcast(str(tmp_path_factory.mktemp("rc")) if comm.Get_rank() == 0 else None)
@@ -85,7 +84,7 @@ def test_cli_loop_resume_conv(monkeypatch, tmp_path_factory, schedule="two-colou
         for k, v in dict(lam=1e-4, gamma=1.0, rho=1.0, beta=2.0, omega=0.05).items():
             setattr(cfg.radmmconv, k, v)
         cfg.checkpoint.every, cfg.checkpoint.every_seconds = 2, 0.0
-        return loop.train(cfg, Runtime(comm=Comm(comm)), resume=resume)
+        return loop.train(cfg, runtime(comm), resume=resume)
     straight = run("a", 4)
     run("b", 2)
     resumed = run("b", 4, resume="auto")

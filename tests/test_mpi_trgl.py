@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import mpi_all, world
-from trgl_helpers import trgl_cfg
+from tests.support import mpi_all, runtime, world
+from tests.support.configs import trgl_cfg
 
 
 def _arch(p):
@@ -19,15 +19,13 @@ def _arch(p):
 @pytest.mark.parametrize("mode", ["parallel", "multilap"])
 def test_pipeline_equals_single_process(mode):
     from radmm_hpc.algos.trgl import TrglTrainer
-    from radmm_hpc.comm import Comm
     from radmm_hpc.data import load_dataset
-    from radmm_hpc.runtime import Runtime
     comm = world()
     P, r = comm.Get_size(), comm.Get_rank()
     cfg = trgl_cfg(arch=_arch(P), mode=mode, iters=5, stage_iters=2, subset=96, uzawa=True, uzawa_every=2,
                    keep_best=False)
     ds = load_dataset(cfg.data)
-    par = TrglTrainer(cfg, Runtime(comm=Comm(comm)), ds)
+    par = TrglTrainer(cfg, runtime(comm), ds)
     for it in range(5):
         par.step(it)
         if it == 2:
@@ -38,7 +36,7 @@ def test_pipeline_equals_single_process(mode):
     if r == 0:
         cfg1 = trgl_cfg(arch=_arch(P), mode=mode, iters=5, stage_iters=2, subset=96, uzawa=True, uzawa_every=2,
                         keep_best=False, modules=P)
-        ser = TrglTrainer(cfg1, Runtime(comm=Comm(None)), ds)
+        ser = TrglTrainer(cfg1, runtime(), ds)
         for it in range(5):
             ser.step(it)
             if it == 2:
@@ -64,9 +62,9 @@ def test_pipeline_equals_single_process(mode):
 
 @pytest.mark.mpi(min_size=2)
 def test_pipeline_resume_is_exact(shared_dir):
-    from ckpt_helpers import runtime
     from radmm_hpc.loop import train
     from radmm_hpc.modelio import load_named_params
+    from tests.support import runtime
     comm = world()
     P = comm.Get_size()
     a, b = os.path.join(shared_dir, "a"), os.path.join(shared_dir, "b")

@@ -2,25 +2,22 @@
 before the algorithms became packages) still resume, to the numbers that earlier code reached.
 
 Each case is a tiny CLI job that wrote ckpt-000004 on `ranks` ranks; resuming it to iteration 8 on
-`resume` ranks gave expected.json's record (tests/golden_runs.collect) with the old code. Radmm's
+`resume` ranks gave expected.json's record (tests.support.golden.collect) with the old code. Radmm's
 cases resume on fewer ranks than wrote them (elastic re-sharding of FCResNet and general state).
 
-    python tests/test_old_checkpoints.py      # regenerate (only meaningful on the old code)
+    python -m tests.test_old_checkpoints      # regenerate (only meaningful on the old code)
 """
 
 import json
 import os
 import shutil
-import sys
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-from conftest import run_cli  # noqa: E402
-from golden_runs import collect, differences  # noqa: E402
+from tests.support import ROOT, run_cli
+from tests.support.golden import collect, differences
 
-DATA = os.path.join(HERE, "data", "old-checkpoints")
+DATA = os.path.join(ROOT, "tests", "data", "old-checkpoints")
 SMALL = ["--data", "synthetic-regression", "--set", "data.n_samples=32", "--set", "model.width=6",
          "--set", "model.depth=4", "--set", "train.compare=false", "--set", "train.log_every=2",
          "--dtype", "float64", "--set", "train.progress_seconds=1e9"]

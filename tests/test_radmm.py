@@ -3,13 +3,14 @@
 import pytest
 import torch
 
-from radmm_helpers import small_cfg, trainer
 from radmm_hpc.algos.radmm import blocks as rb
 from radmm_hpc.models.fcresnet import forward
+from tests.support import make_trainer
+from tests.support.configs import small_cfg
 
 
 def test_lagrangian_non_increasing_proximal_point():
-    tr = trainer(small_cfg(depth=6, beta=2.0, omega=0.05, gamma=1.0, rho=1.0))
+    tr = make_trainer(small_cfg(depth=6, beta=2.0, omega=0.05, gamma=1.0, rho=1.0))
     values = []
     for it in range(40):
         tr.step(it)
@@ -21,7 +22,7 @@ def test_lagrangian_non_increasing_proximal_point():
 
 
 def test_multiplier_identity_squared_loss():
-    tr = trainer(small_cfg(depth=4))
+    tr = make_trainer(small_cfg(depth=4))
     for it in range(5):
         tr.step(it)
         st = tr.st
@@ -33,7 +34,7 @@ def test_multiplier_identity_squared_loss():
 def test_cross_entropy_multiplier_and_progress():
     cfg = small_cfg(depth=4, beta=2.0, omega=0.05)
     cfg.data.name = "synthetic-classification"
-    tr = trainer(cfg)
+    tr = make_trainer(cfg)
     start = tr.metrics()["train_loss"]
     for it in range(30):
         tr.step(it)
@@ -47,7 +48,7 @@ def test_cross_entropy_multiplier_and_progress():
 @pytest.mark.parametrize("variant, splitting", [("proximal", "three"), ("linearized", "three"),
                                                 ("linearized", "two")])
 def test_variants_reduce_the_forward_loss(variant, splitting):
-    tr = trainer(small_cfg(depth=5, variant=variant, splitting=splitting, omega=0.01))
+    tr = make_trainer(small_cfg(depth=5, variant=variant, splitting=splitting, omega=0.01))
     start = tr.metrics()
     for it in range(40):
         tr.step(it)
@@ -57,7 +58,7 @@ def test_variants_reduce_the_forward_loss(variant, splitting):
 
 
 def test_scores_are_forward_pass_not_auxiliary():
-    tr = trainer(small_cfg(depth=4))
+    tr = make_trainer(small_cfg(depth=4))
     for it in range(10):
         tr.step(it)
     out = forward(tr.st["W"], tr.st["X"].T, input_bias=False).T    # X has its ones row already
@@ -70,7 +71,7 @@ def test_serial_redblack_is_a_permutation_of_blocks():
     order = rb.red_black_order(L, P)
     assert sorted(order) == list(range(1, L + 1))
     cfg = small_cfg(depth=L - 1, schedule="serial-redblack", regions=P)
-    a, b = trainer(cfg), trainer(small_cfg(depth=L - 1))
+    a, b = make_trainer(cfg), make_trainer(small_cfg(depth=L - 1))
     a.step(0)
     b.step(0)
     # a different block order gives a different (but valid) iterate

@@ -7,8 +7,9 @@ import torch
 from radmm_hpc.algos.radmm import blocks as rb
 from radmm_hpc.algos.radmm.engine import serial_sweep
 from radmm_hpc.algos.radmm.layers import fc_layers
-from radmm_helpers import fc_state
-from radmmconv_helpers import conv_layers, digits, engine, params
+from tests.support import runtime
+from tests.support.radmm import fc_state
+from tests.support.radmm_general import conv_layers, digits, engine, params
 
 
 def _merit(eng):
@@ -99,7 +100,7 @@ def test_config_checks():
 def test_too_many_ranks_is_a_config_error(monkeypatch):
     """More regions than hidden layers: a one-line ConfigError, not a crash."""
     from radmm_hpc.errors import ConfigError
-    from radmmconv_helpers import conv_trainer
+    from tests.support.radmm_general import conv_trainer
     with pytest.raises(ConfigError, match="hidden layers"):
         conv_trainer(monkeypatch, "serial-redblack", None, blocks=1, regions=3)
 
@@ -111,7 +112,7 @@ def test_resnet_layers_compose_to_the_model(block, shortcut):
     from radmm_hpc.algos.radmm.layers import forward_layers, module_layers
     from radmm_hpc.config import Config
     from radmm_hpc.models import build_model
-    from radmmconv_helpers import conv_dataset
+    from tests.support.radmm_general import conv_dataset
     cfg = Config()
     cfg.model.arch, cfg.model.block, cfg.model.shortcut, cfg.model.base_width = "resnet8", block, shortcut, 4
     ds = conv_dataset(n=16, n_test=4)
@@ -132,17 +133,16 @@ def test_algo_radmm_model_resnet_runs_through_the_loop(tmp_path):
     """`--algo radmm --model resnet8 --data digits` through the shared loop (in process):
     forward-pass scores in summary.json and the ResNet's parameters in model.h5."""
     import h5py
+
     from radmm_hpc import loop
-    from radmm_hpc.comm import Comm
     from radmm_hpc.config import Config, validate
-    from radmm_hpc.runtime import Runtime
     cfg = Config()
     cfg.model.arch, cfg.model.base_width = "resnet8", 4
     cfg.data.name, cfg.data.train_subset = "digits", 32
     cfg.train.iters, cfg.train.log_every, cfg.train.compare = 2, 1, False
     cfg.train.run_dir = str(tmp_path / "run")
     validate(cfg)
-    s = loop.train(cfg, Runtime(comm=Comm(None)))
+    s = loop.train(cfg, runtime())
     assert s["model"] == "resnet8" and 0.0 <= s["test_accuracy"] <= 1.0 and s["train_loss"] > 0
     with h5py.File(tmp_path / "run" / "model.h5") as fh:
         names = []

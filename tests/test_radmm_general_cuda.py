@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from radmm_hpc.algos.radmm.engine import Chunks, Engine, serial_sweep
-from radmmconv_helpers import conv_layers, digits, params
+from tests.support.radmm_general import conv_layers, digits, params
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

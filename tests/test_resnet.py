@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from ckpt_helpers import runtime
 from radmm_hpc.config import Config, validate
 from radmm_hpc.data import load_dataset
 from radmm_hpc.errors import ConfigError
 from radmm_hpc.models import build_model
 from radmm_hpc.models.resnet import AuxHead, ShortcutA, balanced_split, parse_arch, split_modules
+from tests.support import runtime
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from radmm_hpc.config import Config
 from radmm_hpc.data import load_dataset
 from radmm_hpc.models.fcresnet import forward, init_weights
 from radmm_hpc.scoring import output_layer_only_scores, score_weights
+from tests.support import runtime
 
 
 def test_output_layer_only_is_the_least_squares_output_layer_of_the_initial_network():
@@ -41,8 +42,6 @@ def test_backprop_baseline_rows_are_the_last_and_the_best_validation_iterates():
 
     from radmm_hpc.algos.backprop import BackpropTrainer
     from radmm_hpc.baselines import CHECK_EVERY, backprop_for_seconds, validation_split
-    from radmm_hpc.comm import Comm
-    from radmm_hpc.runtime import Runtime
     from radmm_hpc.scoring import loss_fn, predict, score_model, tensors_for
     cfg = Config()
     cfg.train.dtype = "float64"
@@ -56,7 +55,7 @@ def test_backprop_baseline_rows_are_the_last_and_the_best_validation_iterates():
     # replay the same deterministic training, checking the validation loss every CHECK_EVERY steps
     fit, val = validation_split(cfg, len(ds.X_train))
     assert len(val) == 32 and not set(fit) & set(val)
-    tr = BackpropTrainer(cfg, Runtime(comm=Comm(None)),
+    tr = BackpropTrainer(cfg, runtime(),
                          dataclasses.replace(ds, X_train=ds.X_train[fit], y_train=ds.y_train[fit]))
     Xv, yv = tensors_for(dataclasses.replace(ds, X_train=ds.X_train[val], y_train=ds.y_train[val]),
                          "train", torch.float64, "cpu")

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from ckpt_helpers import runtime
 from radmm_hpc.algos.trgl.parts import active_module, augment, stage_schedule
 from radmm_hpc.config import validate
 from radmm_hpc.data import load_dataset
 from radmm_hpc.errors import ConfigError
-from trgl_helpers import trgl_cfg
+from tests.support import runtime
+from tests.support.configs import trgl_cfg
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from radmm_hpc.algos.ps import protocol as ps
 from radmm_hpc.algos.base import Trainer
+from radmm_hpc.algos.ps import protocol as ps
 from radmm_hpc.data import shard_range
 from radmm_hpc.errors import UserError
 from radmm_hpc.models import FC_ARCHS, build_model
@@ -239,7 +239,7 @@ class AsgdTrainer(Trainer):
     def save_final(self, path, weights):
         if self.cfg.model.arch in FC_ARCHS:
             return super().save_final(path, weights)
-        from radmm_hpc.modelio import save_named_params   # as backprop saves the same models
+        from radmm_hpc.modelio import save_named_params  # as backprop saves the same models
         save_named_params(path, self._server_model(), self.cfg, self.ds)
 
     def state(self):

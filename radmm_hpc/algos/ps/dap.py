@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from radmm_hpc.algos.base import Trainer
 from radmm_hpc.algos.ps import dap_math as dm
 from radmm_hpc.algos.ps import protocol as ps
-from radmm_hpc.algos.base import Trainer
 from radmm_hpc.data import shard_range
 
 

@@ -34,7 +34,6 @@ the two-colour PRU schedule reproduces.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 

@@ -26,8 +26,15 @@ import torch
 import torch.nn.functional as F
 
 from radmm_hpc.algos.base import Trainer
-from radmm_hpc.algos.trgl.parts import (MemoryMeter, TrglModule, active_module, augment, batch_indices,
-                                        stage_schedule, tensor_bytes)
+from radmm_hpc.algos.trgl.parts import (
+    MemoryMeter,
+    TrglModule,
+    active_module,
+    augment,
+    batch_indices,
+    stage_schedule,
+    tensor_bytes,
+)
 from radmm_hpc.comm import TAG
 from radmm_hpc.errors import UserError
 from radmm_hpc.models import build_model

@@ -5,8 +5,8 @@ A record holds, from one run directory: summary.json's deterministic fields (sco
 metrics.jsonl without its clocks, manifest.json of every checkpoint minus timestamps, digests and
 the run directory, and the SHA-256 of every array in model.h5.
 
-    python tests/golden_runs.py record CASE      # write tests/golden/CASE.json from this code
-    python tests/golden_runs.py check CASE       # run again and compare exactly
+    python -m tests.support.golden record CASE      # write tests/golden/CASE.json from this code
+    python -m tests.support.golden check CASE       # run again and compare exactly
 
 The test suite (tests/test_golden.py) runs the small cases and compares them with a relative
 tolerance (float64 runs; another CPU may round differently); the notes in tests/golden/README.md
@@ -17,15 +17,15 @@ import hashlib
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 
 import h5py
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-GOLDEN = os.path.join(HERE, "golden")
+from tests.support.checkpoints import CLOCKS, metrics_records
+from tests.support.launch import ROOT, run_cli
+
+GOLDEN = os.path.join(ROOT, "tests", "golden")
 
 # case -> (ranks, CLI arguments)
 CASES = {
@@ -40,19 +40,11 @@ CASES = {
                                "--iters", "6", "--dtype", "float64", "--set", "train.compare=false",
                                "--set", "train.log_every=2", "--checkpoint-every", "3"]),
 }
-# fields that are clocks or machine facts, not results
-CLOCKS = {"wall_s", "time_per_iter_s", "peak_rss_mb", "run_dir", "phase_s", "updates_per_s",
-          "server_busy_fraction", "train_images_per_s"}
 
 
 def run_case(case: str, run_dir: str, timeout: int = 900) -> None:
     ranks, args = CASES[case]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    env.pop("SLURM_JOB_ID", None)
-    mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    cmd = [mpiexec if os.path.exists(mpiexec) else "mpiexec", "-n", str(ranks),
-           sys.executable, "-m", "radmm_hpc", *args, "--run-dir", run_dir]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+    proc, _ = run_cli([*args, "--run-dir", run_dir], ranks, timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"golden case {case} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
 
@@ -81,8 +73,7 @@ def _arrays_digest(path: str) -> dict:
 def collect(run_dir: str) -> dict:
     with open(os.path.join(run_dir, "summary.json")) as fh:
         summary = {k: v for k, v in json.load(fh).items() if k not in CLOCKS}
-    with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
-        metrics = [{k: v for k, v in json.loads(x).items() if k not in CLOCKS} for x in fh]
+    metrics = metrics_records(run_dir)
     ckpts = sorted(n for n in os.listdir(run_dir) if n.startswith("ckpt-"))
     return {"summary": summary, "metrics": metrics,
             "manifests": {n: _manifest(os.path.join(run_dir, n, "manifest.json")) for n in ckpts},

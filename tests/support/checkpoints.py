@@ -1,4 +1,4 @@
-"""Tiny runs and file surgery shared by the checkpoint tests (serial and MPI)."""
+"""Reading a run's outputs and editing checkpoints (foreign manifests, damaged shards)."""
 
 import hashlib
 import json
@@ -8,29 +8,6 @@ import h5py
 import numpy as np
 
 from radmm_hpc.checkpoint import MANIFEST, _manifest_digest
-from radmm_hpc.comm import Comm
-from radmm_hpc.config import Config
-from radmm_hpc.runtime import Runtime
-
-
-def tiny_cfg(run_dir, algo="radmm", schedule="serial", iters=10, every=0, depth=5, keep=3, **extra):
-    cfg = Config()
-    cfg.train.algo, cfg.train.iters, cfg.train.dtype = algo, iters, "float64"
-    cfg.train.run_dir, cfg.train.compare, cfg.train.log_every = str(run_dir), False, 5
-    cfg.train.progress_seconds = 1e9
-    cfg.model.width, cfg.model.depth = 8, depth
-    cfg.data.name, cfg.data.n_samples = "synthetic-regression", 64
-    cfg.radmm.schedule = schedule
-    cfg.backprop.batch_size = 16
-    cfg.checkpoint.every, cfg.checkpoint.keep = every, keep
-    for k, v in extra.items():
-        sec, key = k.split("__")
-        setattr(getattr(cfg, sec), key, v)
-    return cfg
-
-
-def runtime(mpi_comm=None):
-    return Runtime(comm=Comm(mpi_comm if mpi_comm is not None and mpi_comm.Get_size() > 1 else None))
 
 
 def weights(run_dir):
@@ -42,9 +19,20 @@ def same_weights(a, b):
     return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
+# metrics and summary fields that are clocks or machine facts, not results
+CLOCKS = {"wall_s", "time_per_iter_s", "peak_rss_mb", "run_dir", "phase_s", "updates_per_s",
+          "server_busy_fraction", "train_images_per_s"}
+
+
 def metrics_iters(run_dir):
     with open(os.path.join(str(run_dir), "metrics.jsonl")) as fh:
         return [json.loads(x)["iter"] for x in fh]
+
+
+def metrics_records(run_dir):
+    """metrics.jsonl without its clocks: what a resumed run must reproduce exactly."""
+    with open(os.path.join(str(run_dir), "metrics.jsonl")) as fh:
+        return [{k: v for k, v in json.loads(x).items() if k not in CLOCKS} for x in fh]
 
 
 def rewrite_manifest(ckpt, change):

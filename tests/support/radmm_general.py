@@ -68,6 +68,7 @@ def _digits_raw():
     """scikit-learn's digits file read directly (importing sklearn costs seconds per rank)."""
     import importlib.util
     import os
+
     import numpy as np
     spec = importlib.util.find_spec("sklearn")
     path = os.path.join(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz")
@@ -111,11 +112,9 @@ def conv_dataset(n=32, n_test=16, k=3):
 
 def conv_trainer(monkeypatch, schedule, mpi_comm=None, blocks=3, chunk=0, regions=0, splitting="three"):
     """A GeneralRadmmTrainer on conv_layers(blocks) (patched in for models/resnet.py)."""
-    from radmm_hpc.algos.radmm import general as radmm_conv
-    from radmm_hpc.algos.radmm import make_trainer
-    from radmm_hpc.comm import Comm
+    from radmm_hpc.algos.radmm import general
     from radmm_hpc.config import Config
-    from radmm_hpc.runtime import Runtime
+    from tests.support.mpi import runtime
     cfg = Config()
     cfg.train.dtype = "float64"
     cfg.model.arch = "test-conv"
@@ -125,6 +124,6 @@ def conv_trainer(monkeypatch, schedule, mpi_comm=None, blocks=3, chunk=0, region
         setattr(cfg.radmmconv, kk, v)
     cfg.radmm.beta_b = 1.0
     cfg.radmmconv.chunk = chunk
-    monkeypatch.setattr(radmm_conv, "build_layers",
+    monkeypatch.setattr(general, "build_layers",
                         lambda cfg, ds, dtype, device: (conv_layers(blocks=blocks), False, None))
-    return make_trainer(cfg, Runtime(comm=Comm(mpi_comm)), conv_dataset())
+    return general.GeneralRadmmTrainer(cfg, runtime(mpi_comm), conv_dataset())

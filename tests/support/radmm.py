@@ -1,31 +1,9 @@
-"""Small RADMM problems shared by the serial and MPI tests."""
+"""RADMM references for the serial and MPI tests: a trainer's blocks by name, its memory, the
+whole-network start of blocks.py and Jacobi PRU simulated in one process."""
 
 import torch
 
 from radmm_hpc.algos.radmm import blocks as rb
-from radmm_hpc.algos.radmm import make_trainer
-from radmm_hpc.comm import Comm
-from radmm_hpc.config import Config
-from radmm_hpc.data import load_dataset
-from radmm_hpc.runtime import Runtime
-
-
-def small_cfg(depth=5, width=8, schedule="serial", n=96, **radmm):
-    cfg = Config()
-    cfg.train.dtype = "float64"
-    cfg.model.width, cfg.model.depth, cfg.model.init_scale = width, depth, 0.3
-    cfg.data.name, cfg.data.n_samples, cfg.data.n_features = "synthetic-regression", n, 4
-    cfg.radmm.schedule = schedule
-    # the small-problem settings the tests were written for (not the Wine Quality defaults)
-    radmm = dict(dict(lam=1e-4, gamma=1.0, rho=1.0, beta=2.0, omega=1e-3, beta_b=1.0), **radmm)
-    for k, v in radmm.items():
-        setattr(cfg.radmm, k, v)
-    return cfg
-
-
-def trainer(cfg, mpi_comm=None):
-    ds = load_dataset(cfg.data)
-    return make_trainer(cfg, Runtime(comm=Comm(mpi_comm)), ds)
 
 
 def owned_tensors(tr):
