@@ -435,7 +435,8 @@ def _validate_conv_model(m, d) -> None:
     if m.arch not in ("fcresnet", "mlp") and parse_arch(m.arch) is None:
         raise ConfigError(f"model.arch must be fcresnet, mlp, resnet<6n+2> (resnet20, resnet32, resnet56, "
                           f"resnet110, ...) or resnet<9n+2>b (bottleneck: resnet29b, resnet164b), "
-                          f"got {m.arch!r}{_suggest(m.arch, ('fcresnet', 'mlp', 'resnet20', 'resnet32', 'resnet56', 'resnet110'))}")
+                          f"got {m.arch!r}"
+                          f"{_suggest(m.arch, ('fcresnet', 'mlp', 'resnet20', 'resnet32', 'resnet56', 'resnet110'))}")
     _choice("model.block", m.block, ("post", "pre"))
     _choice("model.shortcut", m.shortcut, ("A", "B"))
     _choice("model.norm", m.norm, ("batch", "none"))

@@ -306,7 +306,8 @@ class Engine:
                     P = lay.g(x)
             if override:
                 ob = p.omega_b
-                v = (p.rho * P + p.beta_b * ch.get(self.Qn, sl) + ch.get(self.Mn, sl) + ob * vk) / (p.rho + p.beta_b + ob)
+                v = ((p.rho * P + p.beta_b * ch.get(self.Qn, sl) + ch.get(self.Mn, sl) + ob * vk)
+                     / (p.rho + p.beta_b + ob))
             else:
                 def exact(xk, g, t, P=P):
                     return ((t + p.omega) * xk - g + p.rho * P) / (t + p.omega + p.rho)

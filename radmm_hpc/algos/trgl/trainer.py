@@ -322,8 +322,9 @@ class TrglTrainer(Trainer):
         # drained end, metrics evaluation excluded); rank 0's clock, the ranks agree every step
         window = (self.t_end - self.t_first - self.eval_s) if self.t_first is not None else 0.0
         images = (self.fed - self.fed_first) * self.B
-        out.update({"mode": self.g.mode, "modules": self.K, "n_train": self.n, "n_val": len(self.data["val"][0]), "partition": [list(p) for p in self.parts],
-                    "val_accuracy_best": self.best_val, "selected_iter": self.best_iter if self.g.keep_best else self.fed,
+        out.update({"mode": self.g.mode, "modules": self.K, "n_train": self.n, "n_val": len(self.data["val"][0]),
+                    "partition": self.partition(), "val_accuracy_best": self.best_val,
+                    "selected_iter": self.best_iter if self.g.keep_best else self.fed,
                     "peak_mem_bytes_per_rank": self.mem_per_rank,
                     "peak_mem_mb_max_rank": max(self.mem_per_rank) / 2 ** 20,
                     "train_images_per_s": images / window if window > 0 else 0.0})

@@ -4,24 +4,21 @@ Trains the FCResNet by mini-batch Adam for many epochs and reports the best test
 way — selected ON THE TEST SET, so an optimistic ceiling for any trainer of the same network, not a
 fair score. Used in docs/radmm.md to judge the main job's R² target.
 
-    OMP_NUM_THREADS=1 python bench/wine_ceiling.py [--epochs 300] [--configs 64x34,256x4]
+    OMP_NUM_THREADS=1 python -m bench.studies.wine_ceiling [--epochs 300] [--configs 64x34,256x4]
         [--lrs 1e-3] [--wds 0]
 
 --wds gives AdamW's decoupled weight decay (0 = plain Adam); every (config, lr, wd) is one run.
 """
 
 import argparse
-import os
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from radmm_hpc.config import Config  # noqa: E402
-from radmm_hpc.data import load_dataset  # noqa: E402
-from radmm_hpc.models import build_model  # noqa: E402
-from radmm_hpc.scoring import loss_fn, score_weights, tensors_for  # noqa: E402
+from radmm_hpc.config import Config
+from radmm_hpc.data import load_dataset
+from radmm_hpc.models import build_model
+from radmm_hpc.scoring import loss_fn, score_weights, tensors_for
 
 
 def main():

@@ -1,8 +1,8 @@
 """TRGL benchmarks (docs/trgl.md): prints markdown tables.
 
-    python bench/trgl_bench.py accuracy   [--iters 400] [--subsets 0,300] [--taus 0.1,1,10]
-    python bench/trgl_bench.py memory     [--ranks 1,2,4]
-    python bench/trgl_bench.py throughput [--ranks 1,2,4]
+    python -m bench.perf.trgl accuracy   [--iters 400] [--subsets 0,300] [--taus 0.1,1,10]
+    python -m bench.perf.trgl memory     [--ranks 1,2,4]
+    python -m bench.perf.trgl throughput [--ranks 1,2,4]
 
 accuracy: one process; for each training-set size, end-to-end backprop (trgl.mode = e2e), greedy
 module-wise training (no penalty), TRGL in parallel mode for each τ, then sequential and multi-lap
@@ -16,14 +16,8 @@ summary.json, images/s of the training window.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import tempfile
 import time
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 MODEL = ["--model", "resnet14", "--data", "digits", "--set", "model.base_width=8",
          "--set", "trgl.batch_size=32", "--set", "trgl.crop_pad=1", "--set", "trgl.flip=false",
@@ -47,9 +41,8 @@ def _cfg(run_dir, iters, subset, modules=3, **trgl):
 def accuracy(args):
     import torch
 
-    from radmm_hpc.comm import Comm
     from radmm_hpc.loop import train
-    from radmm_hpc.runtime import Runtime
+    from tests.support import runtime
     torch.set_num_threads(1)
     taus = [float(t) for t in args.taus.split(",")]
     print(f"resnet14 (base width 8, 6 blocks) on digits, K = 3 modules, batch 32, {args.iters} iterations, "
@@ -65,7 +58,7 @@ def accuracy(args):
         def go(name, tau, kw):
             d = tempfile.mkdtemp(prefix="trgl-bench-")
             t0 = time.perf_counter()
-            s = train(_cfg(d, args.iters, subset, **kw), Runtime(comm=Comm(None)))
+            s = train(_cfg(d, args.iters, subset, **kw), runtime())
             n_train = s.get("n_train", subset or "all")
             print(f"| {n_train} | {name} | {tau} | {s['val_accuracy_best']:.4f} | {s['selected_iter']} | "
                   f"{s['test_accuracy']:.4f} | {time.perf_counter() - t0:.0f} |", flush=True)
@@ -78,9 +71,9 @@ def accuracy(args):
 
 
 def _cli(args_list, P, tag):
-    from cli_runner import run_cli
+    from tests.support.launch import run_summary
     d = tempfile.mkdtemp(prefix=f"trgl-{tag}-")
-    return run_cli(args_list, P, d)
+    return run_summary(args_list, P, d)
 
 
 def memory(args):

@@ -1,11 +1,11 @@
 """Conv-RADMM on one GPU (or one region per GPU under mpiexec): time per iteration and memory per
 GPU against end-to-end backprop (Adam, one pass over the same samples) on the same device.
 
-    python bench/radmm_conv_gpu.py                                  # ResNet-20, CIFAR-sized synthetic images
-    python bench/radmm_conv_gpu.py --data cifar10:/path/to/cifar-10-batches-py --n 10000
-    python bench/radmm_conv_gpu.py --data digits --arch resnet20 --n 1024
-    mpiexec -n 2 python bench/radmm_conv_gpu.py --schedule two-colour   # memory per GPU, 2 regions
-    python bench/radmm_conv_gpu.py --device cpu --n 64 --iters 2     # a dry run without a GPU
+    python -m bench.perf.radmm_conv_gpu                                  # ResNet-20, CIFAR-sized synthetic images
+    python -m bench.perf.radmm_conv_gpu --data cifar10:/path/to/cifar-10-batches-py --n 10000
+    python -m bench.perf.radmm_conv_gpu --data digits --arch resnet20 --n 1024
+    mpiexec -n 2 python -m bench.perf.radmm_conv_gpu --schedule two-colour   # memory per GPU, 2 regions
+    python -m bench.perf.radmm_conv_gpu --device cpu --n 64 --iters 2     # a dry run without a GPU
 
 Prints one table: method, samples, median s/iteration (an iteration = one RADMM sweep over all
 samples; for backprop one epoch of minibatches over the same samples), peak GPU memory per rank
@@ -16,7 +16,6 @@ Synthetic data (Gaussian images, random labels) measure speed and memory only, n
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -24,11 +23,9 @@ import time
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from radmm_hpc.config import Config  # noqa: E402
-from radmm_hpc.data import Dataset, load_dataset  # noqa: E402
-from radmm_hpc.runtime import bind_device, init_world  # noqa: E402
+from radmm_hpc.config import Config
+from radmm_hpc.data import Dataset, load_dataset
+from radmm_hpc.runtime import bind_device, init_world
 
 
 def synthetic_images(n, shape=(3, 32, 32), classes=10, seed=0):
@@ -134,7 +131,8 @@ def main():
         dev = torch.cuda.get_device_name(rt.device) if rt.device.type == "cuda" else "cpu"
         print(f"# {args.arch} on {ds.name} ({len(ds.X_train)} samples, image {ds.image_shape}), "
               f"{args.dtype}, {dev}, chunk {args.chunk}")
-        print(f"{'method':<30}{'s/iter':>10}{'peak MiB/GPU':>14}{'state MiB (formula)':>21}{'aux store':>11}{'loss':>9}")
+        print(f"{'method':<30}{'s/iter':>10}{'peak MiB/GPU':>14}{'state MiB (formula)':>21}{'aux store':>11}"
+              f"{'loss':>9}")
         for name, r in rows:
             print(f"{name:<30}{r['s_per_iter']:>10.3f}{r['peak_mb']:>14.1f}{r['state_mb_pred']:>21.1f}"
                   f"{r['store']:>11}{r['train_loss']:>9.4f}")

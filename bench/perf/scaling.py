@@ -5,22 +5,20 @@ iteration, parallel efficiency T(1)/(P·T(P)) against the one-rank run, bytes se
 (max over ranks) against the formula 3·d·N·itemsize per boundary, and peak memory per rank
 (process RSS, and the training state a rank holds: its share of W, U, V, duals, buffers).
 
-    python bench/scaling.py --ranks 1 2 --depth 32 --iters 30
+    python -m bench.perf.scaling --ranks 1 2 --depth 32 --iters 30
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cli_runner import run_cli  # noqa: E402
+from tests.support.launch import run_summary
 
 
 def run(P, args, run_dir):
-    return run_cli(["--iters", str(args.iters), "--set", f"model.depth={args.depth}",
+    return run_summary(["--iters", str(args.iters), "--set", f"model.depth={args.depth}",
                     "--set", f"model.width={args.width}", "--set", "train.compare=false",
                     "--set", f"train.log_every={args.iters}",
                     "--set", f"radmm.schedule={'jacobi' if P > 1 else 'serial'}", "--dtype", args.dtype],

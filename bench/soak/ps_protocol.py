@@ -1,6 +1,6 @@
 """Soak test of the parameter-server protocol: many start/stop cycles under a watchdog.
 
-    timeout 600 mpiexec -n 4 python bench/soak_async.py --cycles 200
+    timeout 600 mpiexec -n 4 python -m bench.soak.ps_protocol --cycles 200
 
 Each cycle duplicates the communicator, runs one phase (a varying budget, including 0 and less
 than the number of workers) and ends every worker with exactly one STOP, then frees it. The modes
@@ -10,14 +10,10 @@ outer `timeout`; the script prints a table and exits 0 only if every cycle was e
 """
 
 import argparse
-import os
 import sys
 import time
 
-from mpi4py import MPI
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-from radmm_hpc.comm import Comm  # noqa: E402
+from tests.support import mpi_all, runtime, world
 from tests.support.ps_selftest import start_stop_cycles
 
 MODES = [("free", False, "none", 0.0), ("round-robin+drop", True, "drop", 0.0),
@@ -29,18 +25,18 @@ def main():
     p.add_argument("--cycles", type=int, default=200)
     p.add_argument("--timeout", type=float, default=60.0, help="protocol wait limit (s)")
     a = p.parse_args()
-    world = MPI.COMM_WORLD
-    base = Comm(world)
+    comm = world()
+    base = runtime(comm).comm
     rows, all_ok = [], True
     for name, det, policy, jitter in MODES:
         n = a.cycles // len(MODES) + (1 if len(rows) < a.cycles % len(MODES) else 0)
         t0 = time.perf_counter()
         ok = start_stop_cycles(base, n, det, policy, jitter, timeout_s=a.timeout)
-        ok = bool(world.allreduce(int(ok), op=MPI.MIN))
+        ok = mpi_all(ok, comm)
         rows.append((name, n, time.perf_counter() - t0, ok))
         all_ok = all_ok and ok
-    if world.Get_rank() == 0:
-        print(f"soak: {world.Get_size()} ranks ({world.Get_size() - 1} workers), {a.cycles} start/stop cycles")
+    if comm.Get_rank() == 0:
+        print(f"soak: {comm.Get_size()} ranks ({comm.Get_size() - 1} workers), {a.cycles} start/stop cycles")
         print(f"{'mode':<20}{'cycles':>8}{'seconds':>10}{'ms/cycle':>10}  result")
         for name, n, s, ok in rows:
             print(f"{name:<20}{n:>8}{s:>10.2f}{1000 * s / max(1, n):>10.1f}  {'ok' if ok else 'FAILED'}")

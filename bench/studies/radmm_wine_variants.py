@@ -11,29 +11,25 @@ signal from the loss then reaches every layer in one sweep instead of one layer 
 are reset to the true forward pass (U, V, V_L) and Λ to −N∇ℓ(V_L), which removes the relaxation
 gap (target-propagation style).
 
-    OMP_NUM_THREADS=1 python bench/radmm_wine_variants.py [--iters 200] [--only N ...]
+    OMP_NUM_THREADS=1 python -m bench.studies.radmm_wine_variants [--iters 200] [--only N ...]
 
 One run of your own instead of the table (its curve printed every --every iterations):
 
-    OMP_NUM_THREADS=1 python bench/radmm_wine_variants.py --order backward --reset 5 \
+    OMP_NUM_THREADS=1 python -m bench.studies.radmm_wine_variants --order backward --reset 5 \
         --set gamma=30 rho=30 beta=10 lam=1e-4 omega=0.1 --iters 1000 --every 100
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from radmm_hpc.algos.radmm import blocks as rb  # noqa: E402
-from radmm_hpc.algos.radmm import make_trainer  # noqa: E402
-from radmm_hpc.comm import Comm  # noqa: E402
-from radmm_hpc.config import Config  # noqa: E402
-from radmm_hpc.data import load_dataset  # noqa: E402
-from radmm_hpc.runtime import Runtime  # noqa: E402
-from radmm_hpc.scoring import output_layer_only_scores  # noqa: E402
+from radmm_hpc.algos.radmm import blocks as rb
+from radmm_hpc.algos.radmm import make_trainer
+from radmm_hpc.config import Config
+from radmm_hpc.data import load_dataset
+from radmm_hpc.scoring import output_layer_only_scores
+from tests.support import runtime
 
 # (order, reset, settings)
 BASE = dict(beta=10.0, lam=1e-4, omega=1.0)
@@ -60,7 +56,7 @@ def run(ds, order, reset, settings, iters, width, depth, every=10):
     cfg.radmm.schedule = "serial"
     for k, v in settings.items():
         setattr(cfg.radmm, k, v)
-    tr = make_trainer(cfg, Runtime(comm=Comm(None)), ds)
+    tr = make_trainer(cfg, runtime(), ds)
     sweep = None if order == "forward" else list(range(tr.L, 0, -1))
     curve = [(0, tr.forward_scores())]
     for it in range(1, iters + 1):

@@ -6,7 +6,7 @@ submodel one hop, is measured separately by a 2-rank ring of exchange() calls wi
 W-step message of one submodel (weights + Adam moments + step counter). M is the number of
 submodels (it grows with P when the hidden layers are split into unit groups).
 
-    python bench/mac_speedup.py --ranks 1 2 4 --width 32 --depth 8 --iters 6
+    python -m bench.perf.mac_speedup --ranks 1 2 4 --width 32 --depth 8 --iters 6
 """
 
 from __future__ import annotations
@@ -19,17 +19,15 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cli_runner import ROOT, run_cli  # noqa: E402
+from tests.support.launch import ROOT, environment, mpiexec, run_summary
 
 
 def ping(numel: int, reps: int) -> None:
     """Under mpiexec -n 2: median seconds of one one-hop exchange of `numel` float32 values."""
     import torch
-    from mpi4py import MPI
 
-    from radmm_hpc.comm import Comm
-    comm = Comm(MPI.COMM_WORLD)
+    from tests.support import runtime, world
+    comm = runtime(world()).comm
     peer = 1 - comm.rank
     a, b = torch.randn(numel), torch.empty(numel)
     times = []
@@ -43,10 +41,8 @@ def ping(numel: int, reps: int) -> None:
 
 
 def measure_tc(numel: int) -> float:
-    cmd = [os.path.join(os.path.dirname(sys.executable), "mpiexec"), "-n", "2", sys.executable,
-           os.path.abspath(__file__), "--ping", str(numel)]
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    cmd = [mpiexec(), "-n", "2", sys.executable, "-m", __spec__.name, "--ping", str(numel)]
+    out = subprocess.run(cmd, env=environment(), cwd=ROOT, capture_output=True, text=True, check=True).stdout
     return float(out.split()[-1])
 
 
@@ -65,7 +61,7 @@ def main():
     rows, t1 = [], None
     with tempfile.TemporaryDirectory() as tmp:
         for P in args.ranks:
-            s = run_cli(["--algo", "mac", "--data", args.data, "--iters", str(args.iters),
+            s = run_summary(["--algo", "mac", "--data", args.data, "--iters", str(args.iters),
                          "--set", f"model.width={args.width}", "--set", f"model.depth={args.depth}",
                          "--set", f"mac.epochs={args.epochs}", "--set", "mac.patience=0",
                          "--set", "mac.mu_steps=100", "--set", "train.compare=false",

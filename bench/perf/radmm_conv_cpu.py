@@ -1,7 +1,7 @@
 """Conv-RADMM through the real CLI on CPU: accuracy against Adam backpropagation on the same
 ResNet for the same wall-clock (the loop's own baseline), and strong scaling over P ranks.
 
-    python bench/radmm_conv_cpu.py --ranks 1 2 --arch resnet8 --subset 512 --iters 20
+    python -m bench.perf.radmm_conv_cpu --ranks 1 2 --arch resnet8 --subset 512 --iters 20
 
 For each P: `mpiexec -n P python -m radmm_hpc --algo radmm --model ARCH --data digits` (serial
 sweep for P = 1, radmm.schedule for P > 1) and summary.json: median s/iteration, efficiency
@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cli_runner import run_cli  # noqa: E402
+from tests.support.launch import run_summary
 
 
 def main():
@@ -40,7 +38,7 @@ def main():
         for P in args.ranks:
             sched = args.schedule if P > 1 else "serial"
             extra = [x for kv in args.set for x in ("--set", kv)]
-            s = run_cli(["--algo", "radmm", "--model", args.arch, "--data", args.data,
+            s = run_summary(["--algo", "radmm", "--model", args.arch, "--data", args.data,
                          "--iters", str(args.iters), "--set", f"model.base_width={args.width}",
                          "--set", f"data.train_subset={args.subset}", "--set", f"radmm.schedule={sched}",
                          "--set", f"train.log_every={args.iters}",

@@ -1,11 +1,11 @@
 """Test accuracy against wall-clock on digits: RADMM (conv, general path) vs TRGL vs end-to-end
 backprop on the same ResNet, each through the real CLI on one process, one thread.
 
-    OMP_NUM_THREADS=1 python bench/digits_curves.py [--arch resnet8] [--subset 512] [--seconds 30]
+    OMP_NUM_THREADS=1 python -m bench.studies.digits_curves [--arch resnet8] [--subset 512] [--seconds 30]
 
 Each method runs for about --seconds (its iteration count is set from a short timing probe) and
 logs its forward-pass test accuracy at 15 points; the table shows the accuracy reached by 25%,
-50% and 100% of the budget, and docs/digits_curves.png plots the curves (test accuracy vs
+50% and 100% of the budget, and digits_curves.png in --out plots the curves (test accuracy vs
 seconds of training, the wall_s of each metrics line).
 """
 
@@ -14,13 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cli_runner import ROOT, run_cli  # noqa: E402
+from tests.support.launch import run_summary
 
-DOCS = os.path.join(ROOT, "docs")
+OUT = os.path.join("runs", "bench", "digits_curves")
 
 
 def methods(arch: str, width: int, subset: int) -> dict[str, list[str]]:
@@ -46,14 +44,15 @@ def main():
     ap.add_argument("--subset", type=int, default=512, help="data.train_subset")
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--out", default=OUT, help="directory for the plot (docs/ keeps the one it shows)")
     args = ap.parse_args()
     curves = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, cli in methods(args.arch, args.width, args.subset).items():
-            probe = run_cli([*cli, "--iters", "10", "--set", "train.log_every=10"], 1, os.path.join(tmp, "probe"))
+            probe = run_summary([*cli, "--iters", "10", "--set", "train.log_every=10"], 1, os.path.join(tmp, "probe"))
             iters = max(15, int(args.seconds / max(probe["time_per_iter_s"], 1e-4)))
             iters -= iters % 15
-            s = run_cli([*cli, "--iters", str(iters), "--set", f"train.log_every={iters // 15}"], 1,
+            s = run_summary([*cli, "--iters", str(iters), "--set", f"train.log_every={iters // 15}"], 1,
                         os.path.join(tmp, name.split()[0]))
             curves[name] = (iters, s["wall_s"], curve(os.path.join(tmp, name.split()[0])))
     print(f"# {args.arch} (base width {args.width}), digits, {args.subset} training images, 359 test images; "
@@ -79,7 +78,8 @@ def main():
     ax.set_title(f"digits, {args.arch} (base width {args.width}), {args.subset} training images")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    path = os.path.join(DOCS, "digits_curves.png")
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "digits_curves.png")
     fig.savefig(path, dpi=110)
     print(f"plot: {path}")
 

@@ -4,7 +4,7 @@ Each row is one `mpiexec -n P python -m radmm_hpc` run (Jacobi PRU, the default 
 the listed settings; forward-pass scores of the exported network (keep_best: the iterate with the
 lowest forward-pass training loss), and the same run's last-iterate training loss.
 
-    python bench/radmm_settings.py --ranks 8 --iters 80
+    python -m bench.studies.radmm_settings --ranks 8 --iters 80
 """
 
 from __future__ import annotations
@@ -12,11 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cli_runner import run_cli  # noqa: E402
+from tests.support.launch import run_summary
 
 GRID = [  # (gamma, rho, beta, omega, lam)
     (1, 1, 2, 1e-3, 1e-4),
@@ -40,7 +38,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for n, (g, r, b, o, lam) in enumerate(GRID):
             run = os.path.join(tmp, str(n))
-            s = run_cli(["--data", args.data, "--iters", str(args.iters), "--set", "train.compare=false",
+            s = run_summary(["--data", args.data, "--iters", str(args.iters), "--set", "train.compare=false",
                          "--set", f"radmm.gamma={g}", "--set", f"radmm.rho={r}", "--set", f"radmm.beta={b}",
                          "--set", f"radmm.omega={o}", "--set", f"radmm.lam={lam}"], args.ranks, run)
             with open(os.path.join(run, "metrics.jsonl")) as fh:

@@ -1,7 +1,7 @@
-"""Benchmarks of the async modes (docs/async.md). Prints tables; writes plots into docs/.
+"""Benchmarks of the async modes (docs/async.md). Prints tables; writes plots into --out.
 
-    python bench/async_bench.py dap   [--workers 1 2] [--epochs 15]
-    python bench/async_bench.py asgd  [--ranks 2 3 4] [--iters 60] [--target 0.30]
+    python -m bench.perf.async_modes dap   [--workers 1 2] [--epochs 15]
+    python -m bench.perf.async_modes asgd  [--ranks 2 3 4] [--iters 60] [--target 0.30]
 
 dap:  DAP-SVRG vs DAP-SGD on Wine Quality (binary: quality >= 6) and a generated sparse problem;
       log suboptimality P(x) − P* (P* by a long serial accelerated proximal-gradient run) against
@@ -9,7 +9,7 @@ dap:  DAP-SVRG vs DAP-SGD on Wine Quality (binary: quality >= 6) and a generated
 asgd: A-SGD (P−1 workers + the server) vs synchronous data-parallel SGD backprop on the same P
       ranks: time to a target training loss; updates/s, bytes per update, busy fraction,
       staleness histogram.
-Every run is the real CLI under mpiexec (bench/cli_runner.py); metrics come from metrics.jsonl.
+Every run is the real CLI under mpiexec (tests/support/launch.py); metrics come from metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -17,14 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 from statistics import median
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cli_runner import ROOT, run_cli  # noqa: E402
+from tests.support.launch import run_summary
 
-DOCS = os.path.join(ROOT, "docs")
+OUT = os.path.join("runs", "bench", "async_modes")
 
 
 def metrics(run_dir):
@@ -40,7 +38,6 @@ def first_time(rows, key, target):
 
 
 def bench_dap(a, tmp):
-    sys.path.insert(0, ROOT)
     from radmm_hpc.algos.ps.dap_math import write_sparse_problem
     sparse = os.path.join(tmp, "sparse.h5")
     write_sparse_problem(sparse, n=4000, p=200, density=0.1, support=20, seed=1)
@@ -49,15 +46,15 @@ def bench_dap(a, tmp):
     problems = {"wine (binary)": ["--data", "wine", "--set", f"dap.lam2={a.lam2}"],
                 "sparse 4000x200": ["--data", f"hdf5:{sparse}", "--set", f"dap.lam2={10 * a.lam2}"]}
     runs = {}
-    print(f"\nDAP: elastic-net logistic regression, lam1={a.lam1}, lam2={a.lam2} (sparse: {10 * a.lam2}), batch {a.batch}, "
-          f"eta = {a.eta_scale}/L/W, {a.epochs} epochs (one epoch = one iteration = n/batch updates)")
+    print(f"\nDAP: elastic-net logistic regression, lam1={a.lam1}, lam2={a.lam2} (sparse: {10 * a.lam2}), "
+          f"batch {a.batch}, eta = {a.eta_scale}/L/W, {a.epochs} epochs (one epoch = one iteration = n/batch updates)")
     print(f"{'problem':<18}{'algo':<9}{'W':>3}{'subopt e1':>11}{'subopt end':>11}{'passes':>8}{'wall s':>8}"
           f"{'upd/s':>8}{'busy':>7}{'B/upd':>8}{'stale':>7}")
     for pname, data in problems.items():
         for algo in ("dapsvrg", "dapsgd"):
             for W in a.workers:
                 rd = os.path.join(tmp, f"{algo}-{W}-{pname.split()[0]}")
-                run_cli(["--algo", algo, *data, "--iters", str(a.epochs), "--set", "train.log_every=1",
+                run_summary(["--algo", algo, *data, "--iters", str(a.epochs), "--set", "train.log_every=1",
                          "--set", "train.compare=false", "--set", f"dap.lam1={a.lam1}",
                          "--set", f"dap.batch_size={a.batch}",
                          "--set", f"dap.eta_scale={a.eta_scale * W}"], W + 1, rd)
@@ -75,10 +72,10 @@ def bench_dap(a, tmp):
             t1 = ts[a.workers[0]]
             print(f"  {pname:<18}{algo:<9}" + "".join(
                 f"  W={W}: {t:7.2f} s (x{t1 / t:4.2f})" if t == t else f"  W={W}: not reached" for W, t in ts.items()))
-    plot_dap(runs, problems, a.workers[-1])
+    plot_dap(runs, problems, a.workers[-1], a.out)
 
 
-def plot_dap(runs, problems, W):
+def plot_dap(runs, problems, W, out):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -97,8 +94,8 @@ def plot_dap(runs, problems, W):
     axes[0].legend(fontsize=8)
     fig.suptitle(f"DAP-SVRG vs DAP-SGD, {W} workers + 1 server (2 shared CPU cores)")
     fig.tight_layout()
-    fig.savefig(os.path.join(DOCS, "async_dap.png"), dpi=110)
-    print(f"wrote {os.path.join(DOCS, 'async_dap.png')}")
+    fig.savefig(os.path.join(out, "async_dap.png"), dpi=110)
+    print(f"wrote {os.path.join(out, 'async_dap.png')}")
 
 
 def bench_asgd(a, tmp):
@@ -114,7 +111,7 @@ def bench_asgd(a, tmp):
         ts = []
         for rep in range(a.repeat):
             rd = os.path.join(tmp, f"asgd-{P}-{rep}")
-            s = run_cli(["--algo", "asgd", *common, "--iters", str(a.iters), "--set", f"asgd.lr={a.lr}",
+            s = run_summary(["--algo", "asgd", *common, "--iters", str(a.iters), "--set", f"asgd.lr={a.lr}",
                          "--set", f"asgd.batch_size={a.batch}", "--set", f"asgd.n_sync={a.n_sync}",
                          "--set", f"asgd.updates_per_iter={a.updates}", "--set", f"asgd.warm_start_steps={a.warm}",
                          "--set", f"ps.staleness={a.policy}", "--set", f"ps.bound={a.bound}",
@@ -133,7 +130,7 @@ def bench_asgd(a, tmp):
         ts = []
         for rep in range(a.repeat):
             rd = os.path.join(tmp, f"sync-{P}-{rep}")
-            run_cli(["--algo", "backprop", *common, "--iters", str(steps), "--set", "backprop.optimizer=sgd",
+            run_summary(["--algo", "backprop", *common, "--iters", str(steps), "--set", "backprop.optimizer=sgd",
                      "--set", f"backprop.lr={a.lr}", "--set", f"backprop.batch_size={a.batch * P}",
                      "--set", f"train.log_every={a.log_every * a.updates * a.n_sync // max(1, P)}",
                      "--seed", str(rep)], P, rd)
@@ -142,7 +139,7 @@ def bench_asgd(a, tmp):
         t = median(ts)
         results[("sync", P)] = (rows, t)
         e = rows[-1]
-        print(f"{f'sync data-parallel SGD':<30}{P:>3}{e['iter']:>7}{e['train_loss']:>12.4f}{t:>12.2f}"
+        print(f"{'sync data-parallel SGD':<30}{P:>3}{e['iter']:>7}{e['train_loss']:>12.4f}{t:>12.2f}"
               f"{e['wall_s']:>8.1f}{'':>8}{'':>7}{'':>9}{'':>7}")
     base = results[("asgd", a.ranks[0])][1]
     print("\nspeed-up of A-SGD to the target: vs its first row, and vs sync SGD on the same ranks")
@@ -174,8 +171,8 @@ def plot_asgd(results, hists, a):
     axes[1].legend(fontsize=8)
     fig.suptitle("A-SGD on wine-red (2 shared CPU cores)")
     fig.tight_layout()
-    fig.savefig(os.path.join(DOCS, "async_asgd.png"), dpi=110)
-    print(f"wrote {os.path.join(DOCS, 'async_asgd.png')}")
+    fig.savefig(os.path.join(a.out, "async_asgd.png"), dpi=110)
+    print(f"wrote {os.path.join(a.out, 'async_asgd.png')}")
 
 
 def main():
@@ -201,7 +198,9 @@ def main():
     p.add_argument("--bound", type=int, default=8)
     p.add_argument("--repeat", type=int, default=3, help="runs per row (median time to target)")
     p.add_argument("--log-every", dest="log_every", type=int, default=2)
+    p.add_argument("--out", default=OUT, help="directory for the plots (docs/ keeps the ones it shows)")
     a = p.parse_args()
+    os.makedirs(a.out, exist_ok=True)
     if a.what == "dap":
         a.batch = a.batch
     else:

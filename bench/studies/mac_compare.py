@@ -8,7 +8,7 @@
 All scores are forward passes on the test split (MAC, backprop: the exported network; RADMM:
 the logged iterate).
 
-    python bench/mac_compare.py --width 32 --depth 8 --ranks 1
+    python -m bench.studies.mac_compare --width 32 --depth 8 --ranks 1
 """
 
 from __future__ import annotations
@@ -16,11 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cli_runner import run_cli  # noqa: E402
+from tests.support.launch import run_summary
 
 
 def main():
@@ -34,14 +32,14 @@ def main():
     net = ["--data", args.data, "--set", f"model.width={args.width}", "--set", f"model.depth={args.depth}"]
     P = args.ranks
     with tempfile.TemporaryDirectory() as tmp:
-        mac = run_cli(["--algo", "mac", "--iters", "1000", *net, "--set", "train.log_every=1",
+        mac = run_summary(["--algo", "mac", "--iters", "1000", *net, "--set", "train.log_every=1",
                        *sum((["--set", s] for s in args.mac), [])], P, os.path.join(tmp, "mac"))
         wall = mac["wall_s"]
         schedule = "serial" if P == 1 else "jacobi"
-        probe = run_cli(["--algo", "radmm", "--iters", "5", *net, "--set", "train.compare=false",
+        probe = run_summary(["--algo", "radmm", "--iters", "5", *net, "--set", "train.compare=false",
                          "--set", f"radmm.schedule={schedule}"], P, os.path.join(tmp, "probe"))
         iters = max(10, int(2 * wall / probe["time_per_iter_s"]))
-        run_cli(["--algo", "radmm", "--iters", str(iters), *net, "--set", "train.compare=false",
+        run_summary(["--algo", "radmm", "--iters", str(iters), *net, "--set", "train.compare=false",
                  "--set", "train.log_every=5", "--set", f"radmm.schedule={schedule}"],
                 P, os.path.join(tmp, "radmm"))
         with open(os.path.join(tmp, "radmm", "metrics.jsonl")) as fh:

@@ -1,9 +1,9 @@
 """Checkpoint cost against iteration time: write (all ranks' shards + manifest, fsynced) and load
 (verify SHA-256 + restore) for the default RADMM job config and a larger one.
 
-    python bench/bench_checkpoint.py                         # one process
-    mpiexec -n 4 python bench/bench_checkpoint.py            # 4 ranks (jacobi regions)
-    python bench/bench_checkpoint.py --configs default --iters 5 --repeats 3
+    python -m bench.perf.checkpoint                         # one process
+    mpiexec -n 4 python -m bench.perf.checkpoint            # 4 ranks (jacobi regions)
+    python -m bench.perf.checkpoint --configs default --iters 5 --repeats 3
 
 Prints, per configuration: median seconds per iteration, checkpoint bytes (all shards), median
 write and load seconds, and the overhead write/(interval x iteration) for checkpoint.every = 10
@@ -16,17 +16,14 @@ import argparse
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from radmm_hpc.algos import trainer_class  # noqa: E402
-from radmm_hpc.checkpoint import Checkpointer  # noqa: E402
-from radmm_hpc.config import Config  # noqa: E402
-from radmm_hpc.data import load_dataset  # noqa: E402
-from radmm_hpc.runtime import init_world, pin_threads  # noqa: E402
+from radmm_hpc.algos import trainer_class
+from radmm_hpc.checkpoint import Checkpointer
+from radmm_hpc.config import Config
+from radmm_hpc.data import load_dataset
+from radmm_hpc.runtime import init_world, pin_threads
 
 CONFIGS = {
     # the default RADMM job: depth 34, width 64, wine, jacobi, float32

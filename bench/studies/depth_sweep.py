@@ -5,7 +5,7 @@ iterations; Adam and SGD backpropagation then train the same network (same initi
 data) for the same wall-clock. Prints a table of forward-pass train/test MSE and R², and the
 largest gradient norm backprop met (an exploding gradient shows up as a huge or non-finite norm).
 
-    python bench/depth_sweep.py --depths 8 16 32 64 128 --iters 60
+    python -m bench.studies.depth_sweep --depths 8 16 32 64 128 --iters 60
 """
 
 from __future__ import annotations
@@ -14,20 +14,16 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from radmm_hpc.algos.backprop import BackpropTrainer  # noqa: E402
-from radmm_hpc.algos.radmm import make_trainer  # noqa: E402
-from radmm_hpc.comm import Comm  # noqa: E402
-from radmm_hpc.config import Config  # noqa: E402
-from radmm_hpc.data import load_dataset  # noqa: E402
-from radmm_hpc.runtime import Runtime  # noqa: E402
-from radmm_hpc.scoring import score_weights  # noqa: E402
+from radmm_hpc.algos.backprop import BackpropTrainer
+from radmm_hpc.algos.radmm import make_trainer
+from radmm_hpc.config import Config
+from radmm_hpc.data import load_dataset
+from radmm_hpc.scoring import score_weights
+from tests.support import runtime
 
 
 def run(depth, args):
@@ -38,7 +34,7 @@ def run(depth, args):
     cfg.train.dtype = args.dtype
     if args.init_scale:
         cfg.model.init_scale = args.init_scale
-    rt = Runtime(comm=Comm(None))
+    rt = runtime()
     ds = load_dataset(cfg.data)
     rows = []
     t0 = time.perf_counter()

@@ -10,7 +10,7 @@ training split can be predicted by memorising it. This bench counts those rows a
     layer fitted by least squares (what a method that learns no hidden features reaches);
   - any trained FCResNet run directories given with --runs (their model.h5, e.g. the main job's).
 
-    OMP_NUM_THREADS=1 python bench/wine_references.py [--dedup] [--runs runs/main ...]
+    OMP_NUM_THREADS=1 python -m bench.studies.wine_references [--dedup] [--runs runs/main ...]
 
 --dedup draws the split from the distinct rows only (data.dedup = true); give it runs trained
 with `--set data.dedup=true`.
@@ -18,17 +18,15 @@ with `--set data.dedup=true`.
 
 import argparse
 import os
-import sys
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from radmm_hpc.config import Config  # noqa: E402
-from radmm_hpc.data import load_dataset  # noqa: E402
-from radmm_hpc.modelio import load_model  # noqa: E402
-from radmm_hpc.models.fcresnet import forward  # noqa: E402
-from radmm_hpc.scoring import output_layer_only_predictions  # noqa: E402
+from radmm_hpc.config import Config
+from radmm_hpc.data import load_dataset
+from radmm_hpc.modelio import load_model
+from radmm_hpc.models.fcresnet import forward
+from radmm_hpc.scoring import output_layer_only_predictions
 
 
 def r2(y, p):
@@ -63,8 +61,9 @@ def main():
     ytr, yte = ds.y_train.ravel(), ds.y_test.ravel()
     seen_rows = {r.tobytes() for r in np.round(Xtr, 9)}
     seen = np.array([r.tobytes() in seen_rows for r in np.round(Xte, 9)])
-    print(f"wine{' (dedup)' if args.dedup else ''}, split_seed {cfg.data.split_seed}: {len(Xtr)} train / {len(Xte)} test rows; "
-          f"{seen.sum()} test rows ({seen.mean():.1%}) have an identical feature vector in the training split")
+    print(f"wine{' (dedup)' if args.dedup else ''}, split_seed {cfg.data.split_seed}: {len(Xtr)} train / "
+          f"{len(Xte)} test rows; {seen.sum()} test rows ({seen.mean():.1%}) have an identical feature vector "
+          f"in the training split")
     print(f"{'model':<40}{'test R2':>9}{'unseen':>9}{'seen':>9}{'train R2':>10}")
 
     def show(name, p_test, p_train):

@@ -1,0 +1,1 @@
+"""bench/perf: see bench/__init__.py."""

@@ -1,0 +1,1 @@
+"""bench/soak: see bench/__init__.py."""

@@ -1,0 +1,1 @@
+"""bench/studies: see bench/__init__.py."""
