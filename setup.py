@@ -21,7 +21,9 @@ setup(
     ],
     extras_require={
         "mpich": ["mpich"],
-        "test": ["pytest>=7", "pytest-mpi>=0.6", "hypothesis>=6", "pytest-timeout>=2"],
+        # ruff and import-linter: the static checks of scripts/run-tests.sh (ruff.toml, .importlinter)
+        "test": ["pytest>=7", "pytest-mpi>=0.6", "hypothesis>=6", "pytest-timeout>=2", "ruff>=0.4",
+                 "import-linter>=2.17"],
         "plots": ["matplotlib>=3.5"],
         "digits": ["scikit-learn>=1.0"],
     },

@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# Set up (idempotent) and run every test: the serial suite, then the MPI suite at 2, 3, 4 and 8
-# ranks. Every mpiexec runs under `timeout` and `python -m mpi4py` (an uncaught error on one rank
-# aborts the job), so no hang can outlive its limit.
+# Set up (idempotent) and run every check: the static checks (ruff: pyflakes, import order, line
+# length, ruff.toml; the architecture contracts of .importlinter: layers, no import cycles, the
+# checkpoint module independent of the methods, the methods of each other), the serial suite, then
+# the MPI suite at 2, 3, 4 and 8 ranks, then the Slurm job scripts. Every mpiexec runs under
+# `timeout` and `python -m mpi4py` (an uncaught error on one rank aborts the job), so no hang can
+# outlive its limit.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-env.sh || exit 1
 export PATH="$PWD/.venv/bin:$PATH"
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 status=0
+echo "== static checks (ruff, import-linter)"
+ruff check radmm_hpc tests bench || status=1
+PYTHONPATH="$PWD" lint-imports --no-cache || status=1
 timeout 1800 python -m pytest tests -q -p no:cacheprovider --ignore=tests/slurm || status=1
 for n in 2 3 4 8; do
     echo "== MPI suite on $n ranks"
