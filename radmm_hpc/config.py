@@ -157,7 +157,7 @@ class MacCfg:
 
 @dataclass
 class TrglCfg:
-    """Module-wise training with the kinetic penalty (design/trgl.md, docs/trgl.md)."""
+    """Module-wise training with the kinetic penalty (docs/trgl.md)."""
     mode: str = "parallel"        # parallel | sequential | multilap | e2e (end-to-end backprop, 1 rank)
     modules: int = 0              # K modules; 0 = the world size (on P > 1 ranks K must be P)
     split: str = "compute"        # balance the modules by compute (MACs) or params

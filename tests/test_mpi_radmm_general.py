@@ -66,13 +66,13 @@ def test_cli_loop_resume_conv(monkeypatch, tmp_path_factory, schedule="two-colou
     import numpy as np
 
     from radmm_hpc import loop
-    from radmm_hpc.algos.radmm import general as radmm_conv
+    from radmm_hpc.algos.radmm import general
     from radmm_hpc.config import Config
     from tests.support.radmm_general import conv_dataset, conv_layers
     comm = world()
     P = comm.Get_size()
     base = comm.bcast(str(tmp_path_factory.mktemp("rc")) if comm.Get_rank() == 0 else None)
-    monkeypatch.setattr(radmm_conv, "build_layers", lambda cfg, ds, dtype, device: (conv_layers(blocks=P), False, None))
+    monkeypatch.setattr(general, "build_layers", lambda cfg, ds, dtype, device: (conv_layers(blocks=P), False, None))
     monkeypatch.setattr(loop, "load_dataset", lambda dcfg: conv_dataset())
 
     def run(name, iters, resume=None):

@@ -1,4 +1,5 @@
-"""Serial RADMM: the checks of design/radmm.md §6 that need one process."""
+"""Serial RADMM: monotone Lagrangian, multiplier identities, every variant learns, forward-pass
+scores, red-black order, the float32 Cholesky fallback."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""ParMAC speed-up against the model T(P) ≈ T(1)/P + (e+1)·M·t_c (design/mac.md §3).
+"""ParMAC speed-up against the model T(P) ≈ T(1)/P + (e+1)·M·t_c (docs/mac.md).
 
 For each P runs `mpiexec -n P python -m radmm_hpc --algo mac` on Wine Quality through the real
 CLI and reads the median time per MAC iteration (W-step + Z-step). t_c, the time to send one

@@ -1,4 +1,4 @@
-"""The fully connected residual network of design/radmm.md §1.
+"""The fully connected residual network (FCResNet; docs/radmm.md, "Model and problem").
 
     V_1 = σ(W_1 [X; 1])            input layer (d_in + 1 → width), input bias as a ones row
     V_l = V_{l-1} + σ(W_l V_{l-1})  l = 2..L-1, residual (width → width)

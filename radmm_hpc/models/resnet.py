@@ -136,7 +136,7 @@ class Head(nn.Module):
 
 
 class AuxHead(nn.Module):
-    """TRGL's auxiliary classifier (design/trgl.md §2): conv3×3 (C→C, no bias) → ReLU →
+    """TRGL's auxiliary classifier (docs/trgl.md): conv3×3 (C→C, no bias) → ReLU →
     average pool to a `pool`×`pool` map → BatchNorm → flatten → linear."""
 
     def __init__(self, width, n_out, pool=2, norm="batch"):

@@ -1,5 +1,5 @@
 """Protocol self-test: start/stop cycles of the parameter-server protocol with trivial numerics
-(used by tests/test_mpi_async.py and bench/soak_async.py)."""
+(used by tests/test_mpi_async.py and bench/soak/ps_protocol.py)."""
 
 from __future__ import annotations
 

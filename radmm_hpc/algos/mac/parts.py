@@ -1,4 +1,4 @@
-"""MAC building blocks (design/mac.md §1-2), samples as rows, no communication here.
+"""MAC building blocks (docs/mac.md), samples as rows, no communication here.
 
 The nested model is the FCResNet (models/fcresnet.py) or a plain MLP (residual = False):
     f_1(z_0) = σ(z_0 W_1ᵀ), z_0 = [x, 1]       input layer

@@ -1,4 +1,4 @@
-"""MAC and ParMAC (design/mac.md): auxiliary-coordinate training, data sharded over ranks.
+"""MAC and ParMAC (docs/mac.md): auxiliary-coordinate training, data sharded over ranks.
 
 One loop iteration is one MAC alternation at the current μ:
   W-step  every submodel (a row block of a hidden layer, or the output layer) is fitted by Adam

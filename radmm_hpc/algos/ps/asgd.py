@@ -1,4 +1,4 @@
-"""A-SGD with a parameter-server rank (design/async.md §1, after Paine et al.).
+"""A-SGD with a parameter-server rank (docs/async.md, after Paine et al., arXiv 1312.6186).
 
 Rank 0 holds the weights (CPU); ranks 1..W each hold the network (build_model: any architecture
 the factory knows), a contiguous shard of the training set and their own device. Per unit of work

@@ -1,5 +1,6 @@
-"""DAP-SVRG and DAP-SGD (design/async.md §2): decoupled asynchronous proximal methods for
-elastic-net logistic regression, rank 0 a parameter server that only adds, ranks 1..W workers.
+"""DAP-SVRG and DAP-SGD (docs/async.md, after Huo, Gu, Huang, arXiv 1609.06804): decoupled
+asynchronous proximal methods for elastic-net logistic regression, rank 0 a parameter server that
+only adds, ranks 1..W workers.
 
 One loop iteration = one epoch s: the server opens it with the snapshot x̃ = x (SNAPSHOT); each
 worker answers with Σ∇f_i(x̃) and Σf_i(x̃) over its shard (PARTIAL); the server sums those in rank

@@ -1,4 +1,4 @@
-"""The parameter-server protocol of design/async.md §3 (rank 0 serves, ranks 1..W work).
+"""The parameter-server protocol of the async modes (docs/async.md; rank 0 serves, ranks 1..W work).
 
 Deadlock-free by construction:
 - the traffic runs on a duplicated communicator; every message is one fixed-size byte buffer

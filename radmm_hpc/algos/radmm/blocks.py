@@ -1,7 +1,8 @@
 """Pure-math core of RADMM (ADMM training of fully connected residual networks).
 
-Formulation: /work/shared/design/radmm.md (three-splitting, proximal point, proximal
-linearized, two-splitting, Parallel Regional Update with boundary consensus).
+Formulation: docs/radmm.md (three-splitting, proximal point, proximal linearized,
+two-splitting, Parallel Regional Update with boundary consensus; after Xu, Li, Xing, arXiv
+2310.15334).
 
 Conventions (fixed throughout this module)
 ------------------------------------------

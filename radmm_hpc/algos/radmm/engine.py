@@ -1,4 +1,4 @@
-"""Proximal linearized RADMM (design/radmm.md §4) for any residual network given as a list of layers.
+"""Proximal linearized RADMM (docs/radmm.md, the general path) for any residual network given as a list of layers.
 
 A network is layers 1..L: hidden layers 1..L-1 (stem, residual blocks) and the head L. Each hidden
 layer is a `Layer`: a parameterised map f_l (the residual branch, or the stem) and a fixed,
@@ -11,20 +11,20 @@ subsample + zero pad, or none):
 
 with U_l = f_l(W_l; x). Samples are rows (batch first); every auxiliary variable (U_l, V_l, V_L,
 Λ) is per sample, so a sweep runs over sample chunks and any data set size fits. Block updates
-(N times the mean-convention merit, as in radmm_blocks):
+(N times the mean-convention merit, as in blocks.py):
 
   W_l  one proximal-gradient step on its coupling h_W (three-splitting (γ/2)‖U_l − f_l(W; x)‖²,
        two-splitting (ρ/2)‖V_l − φ_l(x, f_l(W; x))‖²) through autograd, weight decay exact:
        W⁺ = ((τ+ω)W^k − ∇h)/(τ + ω + Nλ), τ by backtracking (doubling until the descent lemma holds).
-  U_l  exact elementwise minimiser (three-splitting; radmm_blocks.update_U for the ReLU kinds).
+  U_l  exact elementwise minimiser (three-splitting; blocks.update_U for the ReLU kinds).
   V_l  the separable (ρ/2)‖V − P_l‖² exact, the coupling with layer l+1 (or the head) linearized:
        V⁺ = ((τ+ω)V^k − ∇h + ρP)/(τ + ω + ρ), τ backtracked PER SAMPLE (chunking cannot change it).
   head W_L by the same step on ⟨Λ, V_L − f_L(V_{L−1})⟩ + (β/2)‖V_L − f_L(V_{L−1})‖²; V_L exact
-       (squared loss) or by radmm_blocks' Newton solve (cross-entropy); Λ += β(V_L − f_L(V_{L−1})).
+       (squared loss) or by blocks.py's Newton solve (cross-entropy); Λ += β(V_L − f_L(V_{L−1})).
 
 Normalisation layers run in eval mode (fixed statistics), so no term couples samples.
 `Engine` holds one region's state (the whole network when serial); the trainer in
-radmm_conv.py adds ranks and exchanges.
+general.py adds ranks and exchanges.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ class Params:
     xent_max_iter: int = 50
 
     @property
-    def omega_b(self) -> float:  # Jacobi boundary blocks: ω + β_b/2, as radmm_blocks
+    def omega_b(self) -> float:  # Jacobi boundary blocks: ω + β_b/2, as blocks.py
         return self.omega + 0.5 * self.beta_b
 
 
@@ -340,7 +340,7 @@ class Engine:
             Y, Lam = ch.get(self.Y, sl), ch.get(self.Lam, sl)
             if p.loss == "squared":
                 VL = (Y - Lam + p.beta * Z) / (1.0 + p.beta)
-            else:     # radmm_blocks' Newton solve with W_L = I and V_{L-1} = Z (samples as columns),
+            else:     # blocks.py's Newton solve with W_L = I and V_{L-1} = Z (samples as columns),
                 # in float64: its small (dy per sample) and its stopping test needs the precision
                 eye = torch.eye(Z.shape[1], dtype=torch.float64, device=Z.device)
                 VL = rb.update_V_out_xent(Y.T.double(), Lam.T.double(), eye, Z.T.double(), p.beta,

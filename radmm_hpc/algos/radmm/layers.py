@@ -1,4 +1,4 @@
-"""Networks as lists of radmm_general.Layer: the FCResNet (weight matrices) and the convolutional
+"""Networks as lists of engine.Layer: the FCResNet (weight matrices) and the convolutional
 ResNets of models/resnet.py (model.layers(): stem, blocks, head)."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class _SumWithParamShortcut(nn.Module):
 
 
 def fc_layers(weights) -> List[Layer]:
-    """The FCResNet of design §1 (input with its ones column appended by the caller)."""
+    """The FCResNet (models/fcresnet.py; input with its ones column appended by the caller)."""
     L = len(weights)
     out = [Layer(MatMul(weights[0]), "relu", None)]
     out += [Layer(MatMul(w), "relu", lambda x: x) for w in weights[1:L - 1]]

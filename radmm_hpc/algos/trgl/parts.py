@@ -1,4 +1,4 @@
-"""Pieces of TRGL (design/trgl.md): a module with its classifier and kinetic penalty, image
+"""Pieces of TRGL (docs/trgl.md): a module with its classifier and kinetic penalty, image
 augmentation with torch ops, the batch schedule, and memory accounting."""
 
 from __future__ import annotations

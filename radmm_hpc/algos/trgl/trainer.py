@@ -1,4 +1,4 @@
-"""TRGL: module-wise training of a ResNet with a kinetic-energy penalty (design/trgl.md).
+"""TRGL: module-wise training of a ResNet with a kinetic-energy penalty (docs/trgl.md).
 
 The ResNet's layers are split into K modules (models/resnet.py: split_modules). Module k has its
 own classifier (an auxiliary head; the last module uses the network's head), its own optimizer,
