@@ -23,7 +23,8 @@ def comm(request):
 
 @pytest.fixture
 def rt(comm):
-    return runtime(comm)
+    """A fresh Runtime on the test's communicator per call (each run counts its own bytes)."""
+    return lambda: runtime(comm)
 
 
 def _shared_tmp(c):

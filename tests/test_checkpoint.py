@@ -43,7 +43,7 @@ CLI_SMALL = ["--data", "synthetic-regression", "--set", "data.n_samples=64", "--
 
 
 @pytest.mark.parametrize("algo,schedule,extra", RESUMABLE)
-def test_resume_is_bit_identical(comm, run_root, algo, schedule, extra):
+def test_resume_is_bit_identical(comm, rt, run_root, algo, schedule, extra):
     """10 iterations, a checkpoint, a resume to 20 == 20 at once: the same weights and metrics, on
     one process (serial suite) and on every rank count of the MPI suite."""
     P = 1 if comm is None else comm.Get_size()
@@ -51,9 +51,9 @@ def test_resume_is_bit_identical(comm, run_root, algo, schedule, extra):
         pytest.skip("a one-rank schedule")
     kw = dict(algo=algo, schedule=schedule, depth=9, data__n_samples=40 + 12 * P, **extra)
     a, b = os.path.join(run_root, "a"), os.path.join(run_root, "b")
-    train(tiny_cfg(a, iters=20, **kw), runtime(comm))
-    train(tiny_cfg(b, iters=10, every=10, **kw), runtime(comm))
-    summary = train(tiny_cfg(b, iters=20, **kw), runtime(comm), resume="auto")
+    train(tiny_cfg(a, iters=20, **kw), rt())
+    train(tiny_cfg(b, iters=10, every=10, **kw), rt())
+    summary = train(tiny_cfg(b, iters=20, **kw), rt(), resume="auto")
     ok = on_root(comm, lambda: summary["iters"] == 20 and same_weights(weights(a), weights(b))
                  and metrics_records(a) == metrics_records(b) and metrics_iters(a) == [5, 10, 15, 20])
     assert ok if comm is None else mpi_all(ok, comm)
