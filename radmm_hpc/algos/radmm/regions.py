@@ -60,6 +60,8 @@ class RegionTrainer(Trainer):
 
     # ---- hooks ---------------------------------------------------------------------------------
     # _weight(l)        W_l as it is now (None: a layer without parameters)
+    # _forward_region(x)  the start: U, V of this region (and V_L, Λ on the last rank) from x
+    # _start_jacobi()   Jacobi's boundary copies and duals at the start
     # _owned_tensors()  the tensors the successive difference is measured on
     # _serial_sweep()   one iteration on one rank;  _sweep_region(): this region's blocks
     # _region_out()     V_e;  _boundary_in(): V_{s-1} (filled by the previous region)
