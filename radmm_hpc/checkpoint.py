@@ -330,6 +330,8 @@ class Checkpointer:
              "comm/wait_s": np.array([comm.wait_s], dtype=np.float64)}
         for k, v in tr.phase_s.items():
             L[f"phase/{k}"] = np.array([v], dtype=np.float64)
+        for k, v in tr.phase_cpu_s.items():
+            L[f"phase_cpu/{k}"] = np.array([v], dtype=np.float64)
         L.update(_rng_arrays())
         arrays.update({f"loop/{k}": v for k, v in L.items()})
         path = os.path.join(tmp, shard_name(self.rt.rank))
@@ -483,6 +485,8 @@ class Checkpointer:
             comm.wait_s = float(loop["comm/wait_s"][0])
             for k, v in part(loop, "phase/").items():
                 self.trainer.phase_s[k] = float(v[0])
+            for k, v in part(loop, "phase_cpu/").items():
+                self.trainer.phase_cpu_s[k] = float(v[0])
         return {"iteration": int(m["iteration"]), "wall_s": float(loop["wall_s"][0]),
                 "step_bytes": int(loop["step_bytes"][0]) if same else 0,
                 "bytes_from": 0 if same else int(m["iteration"])}

@@ -116,11 +116,13 @@ def train(cfg, rt, resume: str | None = None) -> dict | None:
                                           + (f"; last good checkpoint: {last_good}" if last_good else ""),
                                           EXIT_DIVERGED)
                 phases = dict(trainer.phase_s, wait=comm.wait_s)
-                per_rank = comm.allgather_obj(phases)
+                per_rank = comm.allgather_obj((phases, dict(trainer.phase_cpu_s)))
                 record = {"iter": it, "wall_s": time.perf_counter() - t_start,
                           "time_per_iter_s": statistics.median(iter_times[-t.log_every:]),
                           "bytes_sent": comm.bytes_sent, **m,
-                          "phase_s": {k: [p.get(k, 0.0) for p in per_rank] for k in sorted(phases)}}
+                          "phase_s": {k: [p[0].get(k, 0.0) for p in per_rank] for k in sorted(phases)},
+                          "phase_cpu_s": {k: [p[1].get(k, 0.0) for p in per_rank]
+                                          for k in sorted(trainer.phase_cpu_s)}}
                 log.write(record)
                 shown = {k: m[k] for k in ("train_loss", "test_loss", "test_r2", "test_accuracy") if k in m}
                 progress.update(it, shown, force=last)

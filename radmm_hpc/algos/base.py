@@ -38,9 +38,12 @@ The defaults below are the FCResNet's; a method with another kind of model overr
         self.dtype = torch.float64 if cfg.train.dtype == "float64" else torch.float32
         self.device = rt.device
         self.phase_s: Dict[str, float] = defaultdict(float)   # compute / exchange / wait seconds
+        # the same phases in CPU seconds of this process: clean per-rank costs also when ranks
+        # share cores (oversubscribed runs; the scaling model's inputs, bench/perf)
+        self.phase_cpu_s: Dict[str, float] = defaultdict(float)
 
     def timed(self, phase: str):
-        return _PhaseTimer(self.phase_s, phase)
+        return _PhaseTimer(self.phase_s, self.phase_cpu_s, phase)
 
     def step(self, it: int) -> None:
         raise NotImplementedError
@@ -90,11 +93,12 @@ The defaults below are the FCResNet's; a method with another kind of model overr
 
 
 class _PhaseTimer:
-    def __init__(self, acc, phase):
-        self.acc, self.phase = acc, phase
+    def __init__(self, acc, cpu, phase):
+        self.acc, self.cpu, self.phase = acc, cpu, phase
 
     def __enter__(self):
-        self.t0 = time.perf_counter()
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
 
     def __exit__(self, *exc):
         self.acc[self.phase] += time.perf_counter() - self.t0
+        self.cpu[self.phase] += time.process_time() - self.c0

@@ -1,0 +1,245 @@
+"""Measured inputs of the scaling model (bench/perf/scaling_model.py), all in one process, one
+thread, by CPU time (time.process_time), so that other load on the machine barely moves them.
+
+  radmm_costs     RADMM's block updates, timed inside a serial sweep of the real trainer
+  radmm_fit       the hidden block's cost over a grid of (width, samples), fitted as
+                  a·d²N + b·d³ + c·dN: the extrapolation to sizes beyond this machine
+  backprop_costs  the data-parallel step's compute at several local batch sizes: fixed + per sample
+  mac_costs       ParMAC's submodel visits (fixed + per minibatch) and per-point work
+  trgl_costs      each TRGL module's training step with the network split into K modules
+  pingpong        α, β of the comm layer between two ranks (shared memory, or across namespaces)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+from bench.perf.scaling_model import BackpropCosts, MacCosts, MacShape, Net, RadmmCosts, RadmmShape
+from radmm_hpc.cli import parse_args, resolve_config
+from radmm_hpc.comm import Comm
+from radmm_hpc.data import load_dataset
+from radmm_hpc.runtime import Runtime
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def config(args, world_size=1):
+    """The configuration the CLI would run with these arguments."""
+    return resolve_config(parse_args(list(args)), world_size)
+
+
+def _runtime():
+    return Runtime(comm=Comm(None))
+
+
+def _cpu(fn, *a, **k):
+    c0 = time.process_time()
+    out = fn(*a, **k)
+    return time.process_time() - c0, out
+
+
+# ---- RADMM ----------------------------------------------------------------------------------------
+def radmm_costs(cfg, iters: int = 3):
+    """Per-update CPU seconds inside a serial sweep of the real trainer (medians over sweeps)."""
+    from radmm_hpc.algos import radmm_blocks as rb
+    from radmm_hpc.algos.radmm import RadmmTrainer
+    if cfg.radmm.variant != "proximal" or cfg.radmm.splitting != "three":
+        raise SystemExit("the model's RADMM costs cover the default proximal three-splitting")
+    cfg = copy.deepcopy(cfg)
+    cfg.radmm.schedule = "serial"
+    torch.set_num_threads(1)
+    ds = load_dataset(cfg.data)
+    tr = RadmmTrainer(cfg, _runtime(), ds)
+    calls = defaultdict(list)
+    orig_h, orig_o = rb._hidden_block, rb._output_block
+
+    def hidden(st, p, l, *a, **k):
+        t, _ = _cpu(orig_h, st, p, l, *a, **k)
+        calls["first" if l == 1 else "hidden"].append(t)
+
+    def output(st, p):
+        t, _ = _cpu(orig_o, st, p)
+        calls["output"].append(t)
+    steps = []
+    rb._hidden_block, rb._output_block = hidden, output
+    try:
+        for it in range(iters + 1):
+            t, _ = _cpu(tr.step, it)
+            if it == 0:               # warm-up (allocations)
+                calls.clear()
+            else:
+                steps.append(t)
+    finally:
+        rb._hidden_block, rb._output_block = orig_h, orig_o
+    D = cfg.model.depth
+    per = {k: sum(v) / iters for k, v in calls.items()}
+    hid = statistics.median(calls["hidden"]) if calls["hidden"] else 0.0
+    overhead = max(0.0, statistics.median(steps) - sum(per.values()))
+    # a Jacobi boundary: Q_r from the layer s_r block's quantities, then M_r
+    st, p, i = tr.st, tr.p, max(1, D // 2)
+    W, U, V = st["W"], st["U"], st["V"]
+    M = torch.zeros_like(V[i - 1])
+    q_times = []
+    for _ in range(iters):
+        tq, Q = _cpu(rb.update_Q, W[i], U[i], V[i], U[i], M, V[i - 1], V[i - 1].clone(), p.gamma,
+                     p.rho, p.beta_b, rb._omb(p))
+        tm, _ = _cpu(rb.update_M, M, Q, V[i - 1], p.beta_b)
+        q_times.append(tq + tm)
+    shape = RadmmShape(depth=D, width=cfg.model.width, n=tr.N, d_in=ds.d_in, d_out=ds.d_out,
+                       itemsize=torch.finfo(tr.dtype).bits // 8)
+    costs = RadmmCosts(hidden=hid, first=per.get("first", hid), output=per.get("output", 0.0),
+                       q=statistics.median(q_times), per_tensor=overhead / (2 * D + 2))
+    return shape, costs
+
+
+def radmm_fit(widths=(32, 64, 128), samples=(1000, 4000), dtype="float32"):
+    """Hidden-block, boundary and output costs on synthetic data over a grid, fitted as
+    a·d²N + b·d³ + c·dN (least squares on relative error, coefficients ≥ 0)."""
+    rows = []
+    for d in widths:
+        for n in samples:
+            cfg = config(["--data", "synthetic-regression", "--set", f"data.n_samples={int(n / 0.8)}",
+                          "--set", "data.n_features=8", "--set", f"model.width={d}",
+                          "--set", "model.depth=4", "--dtype", dtype])
+            shape, c = radmm_costs(cfg, iters=2)
+            rows.append((d, shape.n, c))
+    out = {}
+    for name in ("hidden", "q", "output", "per_tensor"):
+        A = np.array([[d * d * n, d ** 3, d * n] for d, n, _ in rows], dtype=float)
+        y = np.array([getattr(c, name) for _, _, c in rows])
+        coef = _nnls(A / y[:, None], np.ones(len(y)))
+        out[name] = coef.tolist()
+    out["points"] = [{"d": d, "n": n, **vars(c)} for d, n, c in rows]
+    return out
+
+
+def _nnls(A, b):
+    from scipy.optimize import nnls
+    return nnls(A, b)[0]
+
+
+def radmm_costs_at(fit: dict, d: int, n: int, d_in: int) -> RadmmCosts:
+    """Costs from the fitted forms at (d, N); the input layer scales with its fan-in."""
+    def f(name, fan=d):
+        a, b, c = fit[name]
+        return a * d * fan * n + b * d ** 3 + c * d * n
+    return RadmmCosts(hidden=f("hidden"), first=f("hidden", d_in + 1), output=f("output"),
+                      q=f("q"), per_tensor=f("per_tensor"))
+
+
+# ---- backprop -------------------------------------------------------------------------------------
+def backprop_costs(cfg, shares=(256, 128, 64, 32, 16), steps: int = 12):
+    """The step's compute (forward, backward, packing, optimizer) at several local batch sizes."""
+    from radmm_hpc.algos.backprop import BackpropTrainer
+    torch.set_num_threads(1)
+    ds = load_dataset(cfg.data)
+    pts = []
+    for b in shares:
+        c = copy.deepcopy(cfg)
+        c.backprop.batch_size = b
+        tr = BackpropTrainer(c, _runtime(), ds)
+        tr.step(0)
+        c0 = tr.phase_cpu_s["compute"]
+        for it in range(1, steps + 1):
+            tr.step(it)
+        pts.append((tr.batch, (tr.phase_cpu_s["compute"] - c0) / steps))
+    A = np.array([[1.0, b] for b, _ in pts])
+    fixed, per = np.linalg.lstsq(A, np.array([t for _, t in pts]), rcond=None)[0]
+    params = sum(p.numel() for p in tr.model.parameters())
+    return BackpropCosts(per_sample=max(per, 0.0), fixed=max(fixed, 0.0)), params, pts
+
+
+# ---- ParMAC ---------------------------------------------------------------------------------------
+def mac_costs(cfg, shards=(1, 4), iters: int = 1):
+    """Visits (fixed + per minibatch) and the per-point rest, from serial runs with S shards
+    (a serial run with mac.shards = S does ParMAC's work for S ranks in one process)."""
+    from radmm_hpc.algos import mac as macmod
+    torch.set_num_threads(1)
+    ds = load_dataset(cfg.data)
+    visits, rest = [], []
+    orig = macmod.visit_train
+    for S in shards:
+        c = copy.deepcopy(cfg)
+        c.mac.shards = S
+        tr = macmod.MacTrainer(c, _runtime(), ds)
+        mine = []
+
+        def timed(nested, sm, W, Mom, Var, steps, z0, *a, **k):
+            t, _ = _cpu(orig, nested, sm, W, Mom, Var, steps, z0, *a, **k)
+            mine.append((math.ceil(z0.shape[0] / c.mac.batch_size), t))
+        macmod.visit_train = timed
+        try:
+            tr.step(0)
+            mine.clear()
+            c0 = tr.phase_cpu_s["compute"]
+            for it in range(1, iters + 1):
+                tr.step(it)
+            total = (tr.phase_cpu_s["compute"] - c0) / iters
+        finally:
+            macmod.visit_train = orig
+        visits += mine
+        rest.append((tr.n_fit, total - sum(t for _, t in mine) / iters))
+    A = np.array([[1.0, nb] for nb, _ in visits])
+    fixed, per_mb = np.linalg.lstsq(A, np.array([t for _, t in visits]), rcond=None)[0]
+    per_point = statistics.median(r / n for n, r in rest)
+    m = cfg.model
+    shapes = [tuple(w.shape) for w in tr.W]
+    shape = MacShape(layer_params=[a * b for a, b in shapes], submodels=[(sm.r1 - sm.r0) * shapes[sm.layer][1]
+                                                                         for sm in tr.subs],
+                     n=tr.n_fit, width_sum=m.width * m.depth, epochs=cfg.mac.epochs,
+                     batch=cfg.mac.batch_size, itemsize=torch.finfo(tr.dtype).bits // 8)
+    return shape, MacCosts(visit=max(fixed, 0.0), minibatch=max(per_mb, 0.0), per_point=per_point)
+
+
+# ---- TRGL -----------------------------------------------------------------------------------------
+def trgl_costs(cfg, K: int, steps: int = 6):
+    """Each module's training step (CPU seconds) with the network split into K modules, and the
+    bytes of the message module k sends to k + 1 (activation and labels)."""
+    from radmm_hpc.algos.trgl import TrglTrainer
+    torch.set_num_threads(1)
+    c = copy.deepcopy(cfg)
+    c.trgl.modules = K
+    ds = load_dataset(c.data)
+    tr = TrglTrainer(c, _runtime(), ds)
+    times = defaultdict(list)
+    s = torch.finfo(tr.dtype).bits // 8
+    for b in range(steps + 1):
+        x, y = tr._batch(b)
+        for k in range(K):
+            t, x = _cpu(tr._train_module, k, x, y)
+            if b:
+                times[k].append(t)
+    comp = [statistics.median(times[k]) for k in range(K)]
+    act = [tr.B * (int(np.prod(tr.shapes[k])) + 1) * s for k in range(K)]
+    mem = [4 * s * sum(p.numel() for p in tr.mods[k].parameters()) + act[k] * 4 for k in range(K)]
+    return comp, act, mem
+
+
+# ---- network --------------------------------------------------------------------------------------
+def fit_net(name: str, points: dict) -> Net:
+    """α, β from {bytes: seconds}: least squares on relative error."""
+    n = np.array([float(k) for k in points])
+    t = np.array(list(points.values()))
+    coef = _nnls(np.stack([np.ones_like(n), n], 1) / t[:, None], np.ones(len(t)))
+    return Net(name, float(coef[0]), float(1.0 / coef[1]) if coef[1] > 0 else float("inf"))
+
+
+def pingpong(argv_prefix=None, env=None) -> dict:
+    """Run bench.perf.pingpong on 2 ranks (this host, or argv_prefix: e.g. across namespaces)."""
+    mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    cmd = argv_prefix or [mpiexec, "-n", "2"]
+    cmd = cmd + [sys.executable, "-m", "bench.perf.pingpong"]
+    e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT, **(env or {}))
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=e, timeout=600, check=True)
+    return json.loads([line for line in out.stdout.splitlines() if line.startswith("{")][-1])
