@@ -144,12 +144,19 @@ def backprop_costs(cfg, shares=(256, 128, 64, 32, 16), steps: int = 12):
     from radmm_hpc.algos.backprop import BackpropTrainer
     torch.set_num_threads(1)
     ds = load_dataset(cfg.data)
-    pts = []
+    pts, opt = [], []
     for b in shares:
         c = copy.deepcopy(cfg)
         c.backprop.batch_size = b
         tr = BackpropTrainer(c, _runtime(), ds)
         tr.step(0)
+        step = tr.opt.step
+
+        def timed_step(*a, **k):
+            t, out = _cpu(step, *a, **k)
+            opt.append(t)
+            return out
+        tr.opt.step = timed_step
         c0 = tr.phase_cpu_s["compute"]
         for it in range(1, steps + 1):
             tr.step(it)
@@ -157,7 +164,8 @@ def backprop_costs(cfg, shares=(256, 128, 64, 32, 16), steps: int = 12):
     A = np.array([[1.0, b] for b, _ in pts])
     fixed, per = np.linalg.lstsq(A, np.array([t for _, t in pts]), rcond=None)[0]
     params = sum(p.numel() for p in tr.model.parameters())
-    return BackpropCosts(per_sample=max(per, 0.0), fixed=max(fixed, 0.0)), params, pts
+    return BackpropCosts(per_sample=max(per, 0.0), fixed=max(fixed, 0.0),
+                         optimizer=statistics.median(opt)), params, pts
 
 
 # ---- ParMAC ---------------------------------------------------------------------------------------
@@ -235,11 +243,12 @@ def fit_net(name: str, points: dict) -> Net:
     return Net(name, float(coef[0]), float(1.0 / coef[1]) if coef[1] > 0 else float("inf"))
 
 
-def pingpong(argv_prefix=None, env=None) -> dict:
-    """Run bench.perf.pingpong on 2 ranks (this host, or argv_prefix: e.g. across namespaces)."""
+def pingpong(launch=None, env=None) -> dict:
+    """bench.perf.pingpong on 2 ranks: `launch(argv)` gives the command that starts argv as a
+    2-rank job (default: mpiexec -n 2 on this host)."""
+    argv = [sys.executable, "-m", "bench.perf.pingpong"]
     mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    cmd = argv_prefix or [mpiexec, "-n", "2"]
-    cmd = cmd + [sys.executable, "-m", "bench.perf.pingpong"]
+    cmd = launch(argv) if launch else [mpiexec, "-n", "2"] + argv
     e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT, **(env or {}))
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=e, timeout=600, check=True)
     return json.loads([line for line in out.stdout.splitlines() if line.startswith("{")][-1])

@@ -165,6 +165,7 @@ def radmm_memory(shape: RadmmShape, P: int, schedule: str, keep_best: bool = Tru
 class BackpropCosts:
     per_sample: float   # forward + backward CPU seconds per sample of a rank's share
     fixed: float        # per step, whatever the share: optimizer step, packing, Python
+    optimizer: float = 0.0   # the part of `fixed` that is the optimizer step (scales with parameters)
 
 
 def predict_backprop(params: int, batch: int, itemsize: int, c: BackpropCosts, P: int,
@@ -225,7 +226,8 @@ def predict_trgl(module_compute: List[float], act_bytes: List[float], drain_ever
                  intra: Net, inter: Net, placement=None, module_bytes: Optional[List[float]] = None):
     """One loop step: every rank trains one batch on its module; rank k receives batch t − k from
     rank k − 1 (activation and labels, one message). The slowest module sets the pace; the
-    pipeline fills again after each drain (metrics, checkpoints): P − 1 extra steps per drain."""
+    pipeline fills again after each drain (metrics, checkpoints): P − 1 extra steps per drain
+    (drain_every iterations; 0: steady state, what the median step time measures)."""
     P = len(module_compute)
     link, _ = links(placement, P, intra, inter)
     if P == 1:
@@ -233,7 +235,7 @@ def predict_trgl(module_compute: List[float], act_bytes: List[float], drain_ever
                 "memory": (module_bytes or [0])[0], "bytes_per_boundary": 0.0}
     msg = [link(k - 1, k).msg(act_bytes[k - 1]) for k in range(1, P)]
     step = max(module_compute[k] + (msg[k - 1] if k > 0 else 0.0) for k in range(P))
-    fill = (P - 1) / max(1, drain_every)
+    fill = (P - 1) / drain_every if drain_every else 0.0
     compute = max(module_compute) * (1 + fill)
     total = step * (1 + fill)
     return {"compute": compute, "comm": total - compute, "total": total,
