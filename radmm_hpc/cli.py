@@ -171,6 +171,7 @@ def cmd_train(args, rt) -> int:
         if rt.is_root:
             print(render_toml(cfg.to_dict()), end="")
         return 0
+    rt.comm.timeout_s = cfg.comm.timeout_s
     agree(rt, check_world_size, rt, cfg.train.world_size)
     agree(rt, bind_device, rt, cfg.train.device)
     pin_threads(rt)

@@ -13,11 +13,14 @@ Byte counters count tensor payload only: point-to-point bytes and collective pay
 
 from __future__ import annotations
 
+import pickle
 import time
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+
+from radmm_hpc.errors import EXIT_COMM, UserError
 
 try:  # an MPI library may be absent: then the program still runs as one process
     from mpi4py import MPI
@@ -46,6 +49,16 @@ class TAG:
     GATHER = 1000                    # gather_arrays: GATHER + i for a rank's i-th array
 
 
+DEFAULT_TIMEOUT_S = 600.0   # comm.timeout_s (config.py): longer than any legitimate wait
+
+
+class CommTimeout(UserError):
+    """A wait in this layer passed its deadline: a peer's node died or is cut off. Raised on the
+    ranks that can still act; the CLI prints it as one line and aborts the job."""
+
+    exit_code = EXIT_COMM
+
+
 def _host(t: torch.Tensor) -> np.ndarray:
     """A numpy view of a contiguous CPU tensor (the buffer MPI reads or writes)."""
     return t.detach().numpy()
@@ -69,8 +82,10 @@ def _unpack(buf: torch.Tensor, tensors: Sequence[torch.Tensor]) -> None:
 
 
 class Comm:
-    def __init__(self, mpi_comm=None):
+    def __init__(self, mpi_comm=None, timeout_s: float = DEFAULT_TIMEOUT_S):
         self.mpi = mpi_comm
+        # deadline of every wait (point to point and collectives): past it, CommTimeout
+        self.timeout_s = timeout_s
         self.rank = mpi_comm.Get_rank() if mpi_comm is not None else 0
         self.size = mpi_comm.Get_size() if mpi_comm is not None else 1
         self.p2p_sent = 0
@@ -93,25 +108,53 @@ class Comm:
         return sum(b.numel() * b.element_size() for b in self._buffers.values())
 
     # ---- control plane: small Python objects ------------------------------------------------
-    def barrier(self) -> None:
+    # Pickled, as mpi4py's lowercase calls do, but through nonblocking buffer collectives so that
+    # these waits have the deadline too (the objects come from the job's own ranks).
+    def barrier(self, timeout_s: float | None = None) -> None:
         if self.mpi is not None:
-            self._wait([self.mpi.Ibarrier()])
+            self._wait([self.mpi.Ibarrier()], "a barrier", timeout_s)
 
     def bcast_obj(self, obj, root: int = 0):
-        return obj if self.mpi is None else self.mpi.bcast(obj, root=root)
+        if self.mpi is None:
+            return obj
+        data = pickle.dumps(obj) if self.rank == root else b""
+        n = np.array([len(data)], dtype=np.int64)
+        self._wait([self.mpi.Ibcast(n, root=root)], "a broadcast")
+        buf = np.frombuffer(data, dtype=np.uint8).copy() if self.rank == root else np.empty(n[0], np.uint8)
+        self._wait([self.mpi.Ibcast(buf, root=root)], "a broadcast")
+        return obj if self.rank == root else pickle.loads(buf.tobytes())
+
+    def _gatherv_obj(self, obj, root):
+        """Every rank's pickled object on every rank (root None) or on root only."""
+        data = np.frombuffer(pickle.dumps(obj), dtype=np.uint8)
+        counts = np.zeros(self.size, dtype=np.int64)
+        mine = np.array([data.size], dtype=np.int64)
+        if root is None:
+            self._wait([self.mpi.Iallgather(mine, counts)], "an allgather")
+        else:
+            self._wait([self.mpi.Igather(mine, counts, root=root)], "a gather")
+            if self.rank != root:
+                self._wait([self.mpi.Igatherv(data, None, root=root)], "a gather")
+                return None
+        out = np.empty(int(counts.sum()), dtype=np.uint8)
+        spec = [out, (counts, np.concatenate([[0], np.cumsum(counts)[:-1]])), MPI.BYTE]
+        req = self.mpi.Iallgatherv(data, spec) if root is None else self.mpi.Igatherv(data, spec, root=root)
+        self._wait([req], "an allgather" if root is None else "a gather")
+        ends = np.cumsum(counts)
+        return [pickle.loads(out[e - c:e].tobytes()) for c, e in zip(counts, ends)]
 
     def allgather_obj(self, obj) -> list:
-        return [obj] if self.mpi is None else self.mpi.allgather(obj)
+        return [obj] if self.mpi is None else self._gatherv_obj(obj, None)
 
     def gather_obj(self, obj, root: int = 0):
-        return [obj] if self.mpi is None else self.mpi.gather(obj, root=root)
+        return [obj] if self.mpi is None else self._gatherv_obj(obj, root)
 
     def agree_flag(self, flag: int) -> int:
         """Max of an integer flag over ranks (signals, stop decisions, errors)."""
         if self.mpi is None:
             return int(flag)
         buf = np.array([int(flag)], dtype=np.int64)
-        self._wait([self.mpi.Iallreduce(MPI.IN_PLACE, buf, op=MPI.MAX)])
+        self._wait([self.mpi.Iallreduce(MPI.IN_PLACE, buf, op=MPI.MAX)], "an allreduce")
         return int(buf[0])
 
     def abort(self, code: int) -> None:
@@ -120,21 +163,29 @@ class Comm:
             self.mpi.Abort(code)
 
     # ---- waiting ----------------------------------------------------------------------------
-    def _poll(self, done, timeout_s: Optional[float] = None, message: str = "") -> None:
-        """Call done() until it is true: SPINS times back to back, then with sleeps. Raises
-        TimeoutError(message) after timeout_s seconds (None: no deadline)."""
+    def _poll(self, done, timeout_s: Optional[float] = None, message: str = "", error=TimeoutError) -> None:
+        """Call done() until it is true: SPINS times back to back (latency), then with sleeps (the
+        cores go to the ranks that compute), looking at the clock only while sleeping (no cost per
+        message). Raises error(message) after timeout_s seconds (None: no deadline). The time
+        counts as this layer's wait."""
         t0 = time.perf_counter()
         spins = 0
-        while not done():
-            spins += 1
-            if spins > SPINS:
-                time.sleep(SHORT_S if spins < LONG_AFTER else LONG_S)
-            if timeout_s is not None and time.perf_counter() - t0 > timeout_s:
-                raise TimeoutError(message)
-        self.wait_s += time.perf_counter() - t0
+        try:
+            while not done():
+                spins += 1
+                if spins > SPINS:
+                    time.sleep(SHORT_S if spins < LONG_AFTER else LONG_S)
+                    if timeout_s is not None and time.perf_counter() - t0 > timeout_s:
+                        raise error(message() if callable(message) else message)
+        finally:
+            self.wait_s += time.perf_counter() - t0
 
-    def _wait(self, reqs: List) -> None:
-        self._poll(lambda: MPI.Request.Testall(reqs))
+    def _wait(self, reqs: List, what: str = "a message", timeout_s: Optional[float] = None) -> None:
+        """Until every request completes, or CommTimeout past the deadline (comm.timeout_s)."""
+        limit = self.timeout_s if timeout_s is None else timeout_s
+        self._poll(lambda: MPI.Request.Testall(reqs), limit,
+                   lambda: f"no progress for {limit:g} s waiting for {what} (comm.timeout_s): a node died or "
+                           f"its network is down; resume from the last checkpoint (--resume auto)", CommTimeout)
 
     def wait_all(self, reqs) -> None:
         reqs = [r for r in reqs if r is not None]
@@ -167,12 +218,13 @@ class Comm:
         if self.mpi is None:
             return [arrays]
         meta = {k: (a.shape, a.dtype.str) for k, a in arrays.items()}
-        metas = self.mpi.gather(meta, root=root)
+        metas = self.gather_obj(meta, root=root)
         if self.rank != root:
-            for i, k in enumerate(sorted(arrays)):
-                self.mpi.Send(np.ascontiguousarray(arrays[k]), dest=root, tag=TAG.GATHER + i)
+            sends = [np.ascontiguousarray(arrays[k]) for k in sorted(arrays)]
+            self._wait([self.mpi.Isend(a, dest=root, tag=TAG.GATHER + i) for i, a in enumerate(sends)],
+                       "the model export")
             return None
-        out = []
+        out, reqs = [], []
         for r, m in enumerate(metas):
             if r == root:
                 out.append(dict(arrays))
@@ -181,8 +233,9 @@ class Comm:
             for i, k in enumerate(sorted(m)):
                 shape, dt = m[k]
                 got[k] = np.empty(shape, dtype=np.dtype(dt))
-                self.mpi.Recv(got[k], source=r, tag=TAG.GATHER + i)
+                reqs.append(self.mpi.Irecv(got[k], source=r, tag=TAG.GATHER + i))
             out.append(got)
+        self._wait(reqs, "the model export")
         return out
 
     # ---- point to point -----------------------------------------------------------------------
@@ -257,7 +310,7 @@ class Comm:
     # that a lost peer ends in an error (and the CLI's abort) instead of a hang.
     def dup(self) -> "Comm":
         """A duplicate communicator (own message space) with its own counters."""
-        return Comm(self.mpi.Dup() if self.mpi is not None else None)
+        return Comm(self.mpi.Dup() if self.mpi is not None else None, self.timeout_s)
 
     def free(self) -> None:
         if self.mpi is not None and self.mpi != MPI.COMM_WORLD:

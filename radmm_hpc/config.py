@@ -103,6 +103,14 @@ class CheckpointCfg:
 
 
 @dataclass
+class CommCfg:
+    """The comm layer (comm.py)."""
+    timeout_s: float = 600.0      # a wait for peers with no progress this long ends the job (a node
+                                  # died or its network is cut) instead of hanging; must exceed the
+                                  # longest legitimate wait: a neighbour's iteration, a checkpoint
+
+
+@dataclass
 class PsCfg:
     """The parameter-server protocol of the async modes (asgd, dapsvrg, dapsgd; docs/async.md)."""
     staleness: str = "none"       # none | drop | scale | ssp (stale-synchronous gating)
@@ -211,6 +219,7 @@ class Config:
     backprop: BackpropCfg = field(default_factory=BackpropCfg)
     radmm: RadmmCfg = field(default_factory=RadmmCfg)
     checkpoint: CheckpointCfg = field(default_factory=CheckpointCfg)
+    comm: CommCfg = field(default_factory=CommCfg)
     ps: PsCfg = field(default_factory=PsCfg)
     asgd: AsgdCfg = field(default_factory=AsgdCfg)
     dap: DapCfg = field(default_factory=DapCfg)
@@ -328,6 +337,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     _positive("train.log_every", t.log_every)
     _positive("train.progress_seconds", t.progress_seconds)
     _positive("train.world_size", t.world_size, strict=False)
+    _positive("comm.timeout_s", cfg.comm.timeout_s)
     _positive("model.width", m.width)
     if m.depth < 1:
         raise ConfigError(f"model.depth must be >= 1 hidden layer, got {m.depth}")

@@ -10,6 +10,7 @@ EXIT_USAGE = 2          # bad input: config, data, world size, damaged checkpoin
 EXIT_INTERNAL = 1       # a bug or an unexpected failure
 EXIT_PREEMPTED = 3      # preempted (signal): a checkpoint was written, requeue the job
 EXIT_DIVERGED = 4       # NaN/Inf loss: stopped, the last good checkpoint is kept
+EXIT_COMM = 5           # a peer stopped answering within comm.timeout_s (node lost, network cut)
 
 
 class UserError(Exception):

@@ -156,7 +156,8 @@ def train(cfg, rt, resume: str | None = None) -> dict | None:
         if t.compare:
             summary["baselines"] = baselines(cfg, ds, wall, rt, trainer.backprop_baseline,
                                              trainer.least_squares_baseline)
-    comm.barrier()   # other ranks wait (sleeping, not spinning) while rank 0 runs the baselines
+    # other ranks wait (sleeping, not spinning) while rank 0 runs the baselines (Adam for `wall`)
+    comm.barrier(timeout_s=comm.timeout_s + (2 * wall if t.compare else 0.0))
     if root:
         write_json(os.path.join(run_dir, "summary.json"), summary)
         print_table(summary)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from radmm_hpc.comm import MPI, Comm
+from radmm_hpc.comm import MPI, Comm, CommTimeout
 from radmm_hpc.errors import CollectiveError, ConfigError, UserError
 
 
@@ -114,6 +114,8 @@ def agree(rt: Runtime, fn, *args, **kwargs):
     err, result = None, None
     try:
         result = fn(*args, **kwargs)
+    except CommTimeout:     # a peer is gone: no agreement is possible, the CLI ends the job
+        raise
     except UserError as exc:
         err = (str(exc), exc.exit_code)
     for e in rt.comm.allgather_obj(err):

@@ -226,6 +226,19 @@ class Cluster:
     def pids(self, node: int) -> list:
         return _ns_pids(self.ns[node])
 
+    def ranks(self, node: int, marker: str = "radmm_hpc") -> list:
+        """Pids of a node's processes whose command line contains `marker` (the ranks, not the
+        launcher's proxy)."""
+        out = []
+        for pid in self.pids(node):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    if marker.encode() in fh.read():
+                        out.append(pid)
+            except OSError:
+                pass
+        return out
+
     def kill_node(self, node: int) -> list:
         """SIGKILL every process of a node (the node dies); returns their pids."""
         return _kill_ns(self.ns[node])

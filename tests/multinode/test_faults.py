@@ -92,3 +92,37 @@ def test_node_loss_ends_job_and_survivors_resume_elastically(cluster, tmp_path, 
         # data-parallel: the same trajectory as one process that never failed (up to summation order)
         run_here(1, str(tmp_path / "one"), args + ["--iters", str(target)])
         assert rel_err(weights(run_dir), weights(tmp_path / "one")) < 1e-9
+
+
+def test_partition_ends_every_rank_by_the_comm_deadline(cluster, tmp_path):
+    """Node 2's link goes down with its rank alive. Every rank, on either side of the cut, stops
+    waiting after comm.timeout_s: the reachable ones print one line each and the job ends with
+    status 5; node 2's rank ends too (its line cannot reach mpiexec; hydra's proxy there, which
+    cannot reach it either, is left for the link's return)."""
+    from radmm_hpc.errors import EXIT_COMM
+    run_dir = str(tmp_path / "run")
+    timeout_s = 10
+    args = ALGOS["radmm"] + ["--set", "train.log_every=20", "--checkpoint-every", "20",
+                             "--set", f"comm.timeout_s={timeout_s}", "--iters", "100000000"]
+    proc = _start_until_checkpoints(cluster, [1, 1, 1], run_dir, args)
+    assert cluster.ranks(2)
+    cluster.set_link(2, False)
+    t0 = time.monotonic()
+    try:
+        seconds, _, err = _wait_end(cluster, proc, timeout_s + 50)
+        while cluster.ranks(2) and time.monotonic() - t0 < timeout_s + 50:
+            time.sleep(0.2)
+        cut_off = time.monotonic() - t0
+        assert not cluster.ranks(2), "the cut-off node's rank still waits"
+    finally:
+        cluster.set_link(2, True)
+    assert proc.returncode == EXIT_COMM, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("radmm-hpc:")]
+    assert lines and "Traceback" not in err, err[-3000:]
+    assert all(f"no progress for {timeout_s} s waiting for" in line and "(comm.timeout_s)" in line
+               for line in lines), lines
+    assert timeout_s <= seconds < timeout_s + 30 and cut_off < timeout_s + 30
+    m = _newest_verifies(run_dir)
+    print(f"partition: job ended {seconds:.1f} s after the cut (status {proc.returncode}), the cut-off "
+          f"rank after {cut_off:.1f} s; {len(lines)} line(s): {lines[0]}; newest checkpoint: "
+          f"iteration {m['iteration']}")
