@@ -86,6 +86,7 @@ class Comm:
         self.mpi = mpi_comm
         # deadline of every wait (point to point and collectives): past it, CommTimeout
         self.timeout_s = timeout_s
+        self._abandoned: list = []
         self.rank = mpi_comm.Get_rank() if mpi_comm is not None else 0
         self.size = mpi_comm.Get_size() if mpi_comm is not None else 1
         self.p2p_sent = 0
@@ -109,45 +110,78 @@ class Comm:
 
     # ---- control plane: small Python objects ------------------------------------------------
     # Pickled, as mpi4py's lowercase calls do, but through nonblocking buffer collectives so that
-    # these waits have the deadline too (the objects come from the job's own ranks).
+    # these waits have the deadline too (the objects come from the job's own ranks). An object
+    # travels in a fixed slot (its length, then its bytes) in one collective; only when some
+    # object is larger than the slot does a second round move the whole pickles.
+    SLOT = 2048
+
     def barrier(self, timeout_s: float | None = None) -> None:
         if self.mpi is not None:
             self._wait([self.mpi.Ibarrier()], "a barrier", timeout_s)
+
+    def _slot(self, data: bytes) -> np.ndarray:
+        slot = np.zeros(self.SLOT, dtype=np.uint8)
+        slot[:8] = np.frombuffer(np.int64(len(data)).tobytes(), dtype=np.uint8)
+        if len(data) <= self.SLOT - 8:
+            slot[8:8 + len(data)] = np.frombuffer(data, dtype=np.uint8)
+        return slot
+
+    def _unslot(self, slot: np.ndarray):
+        """(length, the object if it fitted in the slot else None)."""
+        n = int(slot[:8].view(np.int64)[0])
+        return n, (pickle.loads(slot[8:8 + n].tobytes()) if n <= self.SLOT - 8 else None)
 
     def bcast_obj(self, obj, root: int = 0):
         if self.mpi is None:
             return obj
         data = pickle.dumps(obj) if self.rank == root else b""
-        n = np.array([len(data)], dtype=np.int64)
-        self._wait([self.mpi.Ibcast(n, root=root)], "a broadcast")
-        buf = np.frombuffer(data, dtype=np.uint8).copy() if self.rank == root else np.empty(n[0], np.uint8)
-        self._wait([self.mpi.Ibcast(buf, root=root)], "a broadcast")
-        return obj if self.rank == root else pickle.loads(buf.tobytes())
+        slot = self._slot(data) if self.rank == root else np.empty(self.SLOT, dtype=np.uint8)
+        self._wait([self.mpi.Ibcast(slot, root=root)], "a broadcast")
+        n, got = self._unslot(slot)
+        if n > self.SLOT - 8:       # too big for the slot: the whole pickle in a second round
+            buf = np.frombuffer(data, dtype=np.uint8).copy() if self.rank == root else np.empty(n, np.uint8)
+            self._wait([self.mpi.Ibcast(buf, root=root)], "a broadcast")
+            got = obj if self.rank == root else pickle.loads(buf.tobytes())
+        return obj if self.rank == root else got
 
-    def _gatherv_obj(self, obj, root):
-        """Every rank's pickled object on every rank (root None) or on root only."""
-        data = np.frombuffer(pickle.dumps(obj), dtype=np.uint8)
-        counts = np.zeros(self.size, dtype=np.int64)
-        mine = np.array([data.size], dtype=np.int64)
+    def _gather_objs(self, obj, root):
+        """Every rank's object on every rank (root None) or on root only (None elsewhere)."""
+        data = pickle.dumps(obj)
+        slot = self._slot(data)
+        what = "an allgather" if root is None else "a gather"
         if root is None:
-            self._wait([self.mpi.Iallgather(mine, counts)], "an allgather")
+            slots = np.empty((self.size, self.SLOT), dtype=np.uint8)
+            self._wait([self.mpi.Iallgather(slot, slots)], what)
         else:
-            self._wait([self.mpi.Igather(mine, counts, root=root)], "a gather")
+            slots = np.empty((self.size, self.SLOT), dtype=np.uint8) if self.rank == root else None
+            self._wait([self.mpi.Igather(slot, slots, root=root)], what)
             if self.rank != root:
-                self._wait([self.mpi.Igatherv(data, None, root=root)], "a gather")
+                if len(data) > self.SLOT - 8:      # too big for the slot: the whole pickle to root
+                    self._wait([self.mpi.Isend(np.frombuffer(data, dtype=np.uint8), dest=root, tag=991)], what)
                 return None
-        out = np.empty(int(counts.sum()), dtype=np.uint8)
-        spec = [out, (counts, np.concatenate([[0], np.cumsum(counts)[:-1]])), MPI.BYTE]
-        req = self.mpi.Iallgatherv(data, spec) if root is None else self.mpi.Igatherv(data, spec, root=root)
-        self._wait([req], "an allgather" if root is None else "a gather")
-        ends = np.cumsum(counts)
-        return [pickle.loads(out[e - c:e].tobytes()) for c, e in zip(counts, ends)]
+        got = [self._unslot(row) for row in slots]
+        big = [r for r, (n, o) in enumerate(got) if n > self.SLOT - 8]
+        if big:
+            if root is None:   # everyone knows who overflowed: each sends its pickle to all
+                counts = np.array([got[r][0] if r in big else 0 for r in range(self.size)], dtype=np.int64)
+                out = np.empty(int(counts.sum()), dtype=np.uint8)
+                mine = np.frombuffer(data, dtype=np.uint8) if self.rank in big else np.empty(0, np.uint8)
+                displ = np.concatenate([[0], np.cumsum(counts)[:-1]])
+                self._wait([self.mpi.Iallgatherv(mine, [out, (counts, displ), MPI.BYTE])], what)
+                for r in big:
+                    got[r] = (0, pickle.loads(out[displ[r]:displ[r] + counts[r]].tobytes()))
+            else:
+                bufs = {r: np.empty(got[r][0], dtype=np.uint8) for r in big if r != root}
+                self._wait([self.mpi.Irecv(b, source=r, tag=991) for r, b in bufs.items()], what)
+                for r in big:
+                    got[r] = (0, obj if r == root else pickle.loads(bufs[r].tobytes()))
+        return [o for _, o in got]
 
     def allgather_obj(self, obj) -> list:
-        return [obj] if self.mpi is None else self._gatherv_obj(obj, None)
+        return [obj] if self.mpi is None else self._gather_objs(obj, None)
 
     def gather_obj(self, obj, root: int = 0):
-        return [obj] if self.mpi is None else self._gatherv_obj(obj, root)
+        return [obj] if self.mpi is None else self._gather_objs(obj, root)
 
     def agree_flag(self, flag: int) -> int:
         """Max of an integer flag over ranks (signals, stop decisions, errors)."""
@@ -183,9 +217,14 @@ class Comm:
     def _wait(self, reqs: List, what: str = "a message", timeout_s: Optional[float] = None) -> None:
         """Until every request completes, or CommTimeout past the deadline (comm.timeout_s)."""
         limit = self.timeout_s if timeout_s is None else timeout_s
-        self._poll(lambda: MPI.Request.Testall(reqs), limit,
-                   lambda: f"no progress for {limit:g} s waiting for {what} (comm.timeout_s): a node died or "
-                           f"its network is down; resume from the last checkpoint (--resume auto)", CommTimeout)
+        try:
+            self._poll(lambda: MPI.Request.Testall(reqs), limit,
+                       lambda: f"no progress for {limit:g} s waiting for {what} (comm.timeout_s): a node died "
+                               f"or its network is down; resume from the last checkpoint (--resume auto)",
+                       CommTimeout)
+        except CommTimeout:
+            self._abandoned.extend(reqs)     # their buffers stay alive: a late peer may still write
+            raise
 
     def wait_all(self, reqs) -> None:
         reqs = [r for r in reqs if r is not None]

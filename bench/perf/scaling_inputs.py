@@ -197,17 +197,20 @@ def mac_costs(cfg, shards=(1, 4), iters: int = 1):
         finally:
             macmod.visit_train = orig
         visits += mine
-        rest.append((tr.n_fit, total - sum(t for _, t in mine) / iters))
+        rest.append((S, tr.n_fit, total - sum(t for _, t in mine) / iters))
     A = np.array([[1.0, nb] for nb, _ in visits])
     fixed, per_mb = np.linalg.lstsq(A, np.array([t for _, t in visits]), rcond=None)[0]
-    per_point = statistics.median(r / n for n, r in rest)
+    # the rest of an iteration: a fixed part per shard and a part per point
+    per_shard, per_point = np.linalg.lstsq(np.array([[S, n] for S, n, _ in rest], dtype=float),
+                                           np.array([r for _, _, r in rest]), rcond=None)[0]
     m = cfg.model
     shapes = [tuple(w.shape) for w in tr.W]
     shape = MacShape(layer_params=[a * b for a, b in shapes], submodels=[(sm.r1 - sm.r0) * shapes[sm.layer][1]
                                                                          for sm in tr.subs],
                      n=tr.n_fit, width_sum=m.width * m.depth, epochs=cfg.mac.epochs,
                      batch=cfg.mac.batch_size, itemsize=torch.finfo(tr.dtype).bits // 8)
-    return shape, MacCosts(visit=max(fixed, 0.0), minibatch=max(per_mb, 0.0), per_point=per_point)
+    return shape, MacCosts(visit=max(fixed, 0.0), minibatch=max(per_mb, 0.0), per_point=max(per_point, 0.0),
+                           per_shard=max(per_shard, 0.0))
 
 
 # ---- TRGL -----------------------------------------------------------------------------------------

@@ -197,6 +197,7 @@ class MacCosts:
     visit: float        # per submodel visit of a shard, fixed part
     minibatch: float    # per minibatch step of a submodel (at the measured batch size)
     per_point: float    # Z-step, guard and nested-model work per point and iteration
+    per_shard: float = 0.0   # the same work's fixed part per shard and iteration
 
 
 def predict_parmac(shape: MacShape, c: MacCosts, P: int, intra: Net, inter: Net,
@@ -206,7 +207,8 @@ def predict_parmac(shape: MacShape, c: MacCosts, P: int, intra: Net, inter: Net,
     n_loc = math.ceil(shape.n / S)
     # each hop a rank fits the submodels on its shard: over e·S hops every submodel visits it e times
     visits = shape.epochs * M
-    compute = visits * (c.visit + math.ceil(n_loc / shape.batch) * c.minibatch) + n_loc * c.per_point
+    compute = (visits * (c.visit + math.ceil(n_loc / shape.batch) * c.minibatch)
+               + c.per_shard + n_loc * c.per_point)
     comm = 0.0
     if P > 1:
         held = math.ceil(M / S)

@@ -42,14 +42,17 @@ CORES = len(os.sched_getaffinity(0))
 
 # the measured configurations: (method, CLI arguments, local P, namespace placements)
 CASES = {
-    "radmm-jacobi": ("radmm", ["--set", "radmm.schedule=jacobi", "--iters", "6"],
+    "radmm-jacobi": ("radmm", ["--set", "radmm.schedule=jacobi", "--iters", "8", "--set", "train.log_every=4"],
                      [1, 2, 4, 8], [[1, 1], [1, 1, 1], [2, 2]]),
-    "radmm-two-colour": ("radmm", ["--set", "radmm.schedule=two-colour", "--iters", "6"],
-                         [2, 4, 8], [[1, 1], [2, 2]]),
-    "backprop": ("backprop", ["--algo", "backprop", "--iters", "40"], [1, 2, 4, 8], [[1, 1], [2, 2]]),
-    "parmac": ("mac", ["--algo", "mac", "--set", "model.depth=8", "--iters", "2"], [1, 2, 4, 8], [[1, 1]]),
-    "trgl": ("trgl", ["--algo", "trgl", "--model", "resnet20", "--data", "digits", "--iters", "40"],
-             [1, 2, 4], [[1, 1]]),
+    "radmm-two-colour": ("radmm", ["--set", "radmm.schedule=two-colour", "--iters", "8",
+                                   "--set", "train.log_every=4"], [1, 2, 4, 8], [[1, 1], [2, 2]]),
+    "backprop": ("backprop", ["--algo", "backprop", "--iters", "40", "--set", "train.log_every=20"],
+                 [1, 2, 4, 8], [[1, 1], [2, 2]]),
+    "parmac": ("mac", ["--algo", "mac", "--set", "model.depth=8", "--set", "mac.iters_per_mu=100",
+                       "--iters", "4", "--set", "train.log_every=2"],
+               [1, 2, 4, 8], [[1, 1]]),
+    "trgl": ("trgl", ["--algo", "trgl", "--model", "resnet20", "--data", "digits", "--iters", "40",
+                      "--set", "train.log_every=20"], [1, 2, 4], [[1, 1]]),
 }
 COMMON = ["--set", "train.compare=false", "--set", "checkpoint.every_seconds=0"]
 
@@ -74,38 +77,42 @@ def run_cli(args, P, run_dir, cluster=None, placement=None):
     with open(os.path.join(run_dir, "summary.json")) as fh:
         s = json.load(fh)
     with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
-        last = [json.loads(line) for line in fh][-1]
-    iters = last["iter"]
+        prev, last = [json.loads(line) for line in fh][-2:]
+    # the second half of the run only: the first iterations allocate and warm up
+    iters = last["iter"] - prev["iter"]
+    cpu = [b - a for a, b in zip(prev["phase_cpu_s"]["compute"], last["phase_cpu_s"]["compute"])]
     return {"wall_per_iter": s["time_per_iter_s"], "bytes_per_iter": s["bytes_sent_per_iter"],
-            "state_mb": s["state_mb_max_rank"],
-            "compute_cpu": [c / iters for c in last["phase_cpu_s"]["compute"]]}
+            "state_mb": s["state_mb_max_rank"], "compute_cpu": [c / iters for c in cpu]}
 
 
 # ---- the model for each method ---------------------------------------------------------------------
 class Inputs:
-    """Everything measured in one process, per method (at the validation sizes)."""
+    """Everything measured in one process, per method (at the validation sizes); each method's
+    inputs are measured just before its runs, so that the machine's load drifts least between."""
 
-    def __init__(self, only):
-        self.data = {}
-        methods = {CASES[c][0] for c in only}
+    def __init__(self):
+        self.data, self.cpu_s = {}, 0.0
+
+    def measure(self, case):
+        method, args = CASES[case][0], COMMON + CASES[case][1]
         t0 = time.process_time()
-        if "radmm" in methods:
-            shape, costs = si.radmm_costs(si.config(COMMON + CASES["radmm-jacobi"][1]))
+        if method == "radmm":
+            shape, costs = si.radmm_costs(si.config(args))
             self.data["radmm"] = {"shape": vars(shape), "costs": vars(costs)}
-        if "backprop" in methods:
-            costs, params, pts = si.backprop_costs(si.config(COMMON + CASES["backprop"][1]))
+        elif method == "backprop":
+            costs, params, pts = si.backprop_costs(si.config(args))
             self.data["backprop"] = {"costs": {k: float(v) for k, v in vars(costs).items()},
                                      "params": params, "points": pts,
-                                     "batch": si.config(CASES["backprop"][1]).backprop.batch_size,
-                                     "width_sum": 64 * 34}
-        if "mac" in methods:
-            shape, costs = si.mac_costs(si.config(COMMON + CASES["parmac"][1]))
+                                     "batch": si.config(args).backprop.batch_size, "width_sum": 64 * 34}
+        elif method == "mac":
+            shape, costs = si.mac_costs(si.config(args))
             self.data["mac"] = {"shape": vars(shape), "costs": {k: float(v) for k, v in vars(costs).items()}}
-        if "trgl" in methods:
-            cfg = si.config(COMMON + CASES["trgl"][1])
+        elif method == "trgl":
+            cfg = si.config(args)
             self.data["trgl"] = {str(K): dict(zip(("compute", "act", "mem"), si.trgl_costs(cfg, K)))
-                                 for K in CASES["trgl"][2]}
-        self.data["cpu_s"] = time.process_time() - t0
+                                 for K in CASES[case][2]}
+        self.cpu_s += time.process_time() - t0
+        return dict(self.data[method])
 
     def predict(self, method, P, schedule, intra, inter, placement=None, measured=None):
         d = self.data
@@ -145,11 +152,15 @@ class Inputs:
         raise KeyError(method)
 
 
-def validate(inputs, only, nets, cluster):
+def validate(inputs, only, nets, cluster, runs=True):
     rows = []
     for name in only:
         method, args, local, placements = CASES[name]
         schedule = "two-colour" if "two-colour" in name else "jacobi"
+        inputs.measured = getattr(inputs, "measured", {})
+        inputs.measured[name] = inputs.measure(name)
+        if not runs:
+            continue
         runs = [(P, None) for P in local] + ([(sum(p), p) for p in placements] if cluster else [])
         for P, placement in runs:
             with tempfile.TemporaryDirectory() as tmp:
@@ -169,11 +180,17 @@ def validate(inputs, only, nets, cluster):
                    "measured_state_mb": meas["state_mb"], "predicted_memory_mb": pred["memory"] / 2**20}
             row["err_wall"] = pred["total"] / meas["wall_per_iter"] - 1
             row["err_cpu"] = pred["total"] / pred["cpu_path"] - 1 if pred.get("cpu_path") else None
+            one = next((r for r in rows if r["case"] == name and r["P"] == 1), None)
+            # the predicted speed-up T(1)/T(P) against the measured one (CPU paths): free of the
+            # drift of the machine's speed between the inputs and the runs
+            row["err_speedup"] = ((one["predicted"] / pred["total"]) / (one["measured_cpu_path"] / pred["cpu_path"]) - 1
+                                  if one and P > 1 else None)
             rows.append(row)
+            sp = f"{row['err_speedup']:+.0%}" if row["err_speedup"] is not None else "-"
             print(f"{name:<17} P={P:<2} {where:<5} wall {meas['wall_per_iter']:.4f} s  predicted "
                   f"{pred['total']:.4f} s ({row['err_wall']:+.0%})  cpu path {row['measured_cpu_path']:.4f} s "
-                  f"({row['err_cpu']:+.0%})  bytes {meas['bytes_per_iter']:.0f}/{row['predicted_bytes']}  "
-                  f"load {before}", flush=True)
+                  f"({row['err_cpu']:+.0%}; speed-up {sp})  bytes {meas['bytes_per_iter']:.0f}/"
+                  f"{row['predicted_bytes']}  load {before}", flush=True)
     return rows
 
 
@@ -393,17 +410,17 @@ def main():
     try:
         for k, n in nets.items():
             print(f"network {k}: alpha {n.alpha * 1e6:.1f} us, beta {n.beta / 1e9:.2f} GB/s", flush=True)
-        inputs = Inputs(args.only)
-        print(f"inputs measured ({inputs.data['cpu_s']:.0f} CPU s)", flush=True)
+        inputs = Inputs()
+        rows = validate(inputs, args.only, nets, cluster, runs=not args.no_runs)
         fit = si.radmm_fit() if any(CASES[c][0] == "radmm" for c in args.only) else None
-        rows = [] if args.no_runs else validate(inputs, args.only, nets, cluster)
     finally:
         if cluster is not None:
             cluster.down()
     small = curves(inputs, fit, nets, big=False)
     big = curves(inputs, fit, nets, big=True)
     out = {"load_start_end": [None, load()], "seconds": time.time() - t0,
-           "networks": {k: vars(n) for k, n in nets.items()}, "inputs": inputs.data, "radmm_fit": fit,
+           "networks": {k: vars(n) for k, n in nets.items()}, "inputs": inputs.measured,
+           "inputs_cpu_s": inputs.cpu_s, "radmm_fit": fit,
            "big": BIG, "validation": rows, "predicted_small": small, "predicted_big": big}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as fh:
@@ -413,7 +430,7 @@ def main():
 
 
 def summarise(rows, big):
-    for kind in ("err_wall", "err_cpu"):
+    for kind in ("err_wall", "err_cpu", "err_speedup"):
         sel = [r for r in rows if r[kind] is not None and (kind == "err_cpu" or not r["oversubscribed"])]
         if sel:
             errs = [abs(r[kind]) for r in sel]
