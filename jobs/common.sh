@@ -119,6 +119,8 @@ radmm_run() {
                 "RUN_DIR=$RUN_DIR sbatch ... (it continues from the checkpoint)"
             ;;
         4) _radmm_log "diverged (status 4): the last good checkpoint is kept in $RUN_DIR" ;;
+        5) _radmm_log "a peer stopped answering (status 5: a node died or its network failed;" \
+               "comm.timeout_s): continue from the last checkpoint with RUN_DIR=$RUN_DIR sbatch ..." ;;
         *) _radmm_log "failed with status $status (1 = internal error: radmm-hpc-error-rank*.log in $PWD)" ;;
     esac
     exit "$status"

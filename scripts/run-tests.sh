@@ -14,7 +14,7 @@ status=0
 echo "== static checks (ruff, import-linter)"
 ruff check radmm_hpc tests bench || status=1
 PYTHONPATH="$PWD" lint-imports --no-cache || status=1
-timeout 1800 python -m pytest tests -q -p no:cacheprovider --ignore=tests/slurm || status=1
+timeout 1800 python -m pytest tests -q -p no:cacheprovider --ignore=tests/slurm --ignore=tests/multinode || status=1
 for n in 2 3 4 8; do
     echo "== MPI suite on $n ranks"
     # only rank 0 reports (assertions are reduced over ranks, so rank 0 fails when any would)
@@ -28,5 +28,12 @@ done
 echo "== Slurm job scripts (tests/slurm)"
 timeout 900 python -m pytest tests/slurm -q -p no:cacheprovider -rs || status=1
 # --- end of the Slurm block ---------------------------------------------------------------------
+# --- Multi-node runs across network namespaces (tests/multinode, docs/multinode.md) ------------
+# Three "nodes" built from Linux namespaces on this machine, one MPI job across them (TCP between
+# nodes, shared memory within): the methods' results, node loss, a network partition. Needs root;
+# otherwise skips with the reason.
+echo "== Multi-node (tests/multinode)"
+timeout 1800 python -m pytest tests/multinode -q -p no:cacheprovider -rs || status=1
+# --- end of the multi-node block ----------------------------------------------------------------
 [ "$status" = 0 ] && echo "all test runs passed" || echo "SOME TEST RUNS FAILED"
 exit "$status"
