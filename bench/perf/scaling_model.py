@@ -20,6 +20,8 @@ import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
+from radmm_hpc.algos.radmm_blocks import partition_hidden   # the trainer's own layer partition
+
 
 # ---- networks -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -64,17 +66,6 @@ def links(placement: Optional[Sequence[int]], P: int, intra: Net, inter: Net):
 
 
 # ---- RADMM (FCResNet, closed-form blocks) ----------------------------------------------------------
-def partition(n_hidden: int, P: int) -> List[tuple]:
-    """radmm_blocks.partition_hidden: balanced contiguous regions, the first n % P get one more."""
-    q, rem = divmod(n_hidden, P)
-    out, s = [], 1
-    for r in range(P):
-        n = q + (1 if r < rem else 0)
-        out.append((s, s + n - 1))
-        s += n
-    return out
-
-
 @dataclass
 class RadmmShape:
     depth: int          # hidden layers (layer 1 = the input layer, 2..depth residual), + output layer
@@ -97,7 +88,7 @@ class RadmmCosts:
 
 def radmm_rank_compute(shape: RadmmShape, c: RadmmCosts, P: int, schedule: str) -> List[float]:
     out = []
-    for r, (s, e) in enumerate(partition(shape.depth, P)):
+    for r, (s, e) in enumerate(partition_hidden(shape.depth, P)):
         layers = e - s + 1
         t = (layers - (1 if s == 1 else 0)) * c.hidden + (c.first if s == 1 else 0.0)
         t += 2 * layers * c.per_tensor
@@ -145,7 +136,7 @@ def radmm_memory(shape: RadmmShape, P: int, schedule: str, keep_best: bool = Tru
     output group on the last rank, the boundary copies of its schedule, keep_best's copy of W."""
     d, N, s = shape.width, shape.n, shape.itemsize
     out = []
-    for r, (a, b) in enumerate(partition(shape.depth, P)):
+    for r, (a, b) in enumerate(partition_hidden(shape.depth, P)):
         w = sum((shape.d_in + 1 if l == 1 else d) * d for l in range(a, b + 1))
         uv = 2 * (b - a + 1) * d * N
         if r == P - 1:

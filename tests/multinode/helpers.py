@@ -30,6 +30,16 @@ def make_cluster(nodes: int):
     return netns.Cluster(nodes).up()
 
 
+@pytest.fixture(scope="module")
+def cluster():
+    """Three nodes for a test module, torn down after it (also when a test fails)."""
+    c = make_cluster(3)
+    try:
+        yield c
+    finally:
+        c.down()
+
+
 def cli_argv(run_dir: str, args) -> list:
     return [PY, "-m", "radmm_hpc", "--run-dir", run_dir, *args]
 

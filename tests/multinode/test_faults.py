@@ -13,19 +13,11 @@ import time
 import numpy as np
 import pytest
 
-from helpers import (TINY, cli_argv, make_cluster, metrics, rel_err, ROOT, run_here, run_nodes,
+from helpers import cluster  # noqa: F401 - the module's 3-node cluster (fixture)
+from helpers import (TINY, cli_argv, metrics, rel_err, ROOT, run_here, run_nodes,
                      summary, weights)
 
 pytestmark = pytest.mark.timeout(900)
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    c = make_cluster(3)
-    try:
-        yield c
-    finally:
-        c.down()
 
 
 def _start_until_checkpoints(cluster, per_node, run_dir, args, count=2, timeout=180, env=None):

@@ -10,19 +10,11 @@ import os
 import numpy as np
 import pytest
 
-from helpers import (TINY, identical, make_cluster, metrics, rel_err, run_here, run_nodes,
+from helpers import cluster  # noqa: F401 - the module's 3-node cluster (fixture)
+from helpers import (TINY, identical, metrics, rel_err, run_here, run_nodes,
                      summary, weights)
 
 pytestmark = pytest.mark.timeout(900)
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    c = make_cluster(3)
-    try:
-        yield c
-    finally:
-        c.down()
 
 
 def _probe(cluster, per_node, what, env=None):
