@@ -1,5 +1,7 @@
 """Measured inputs of the scaling model (bench/perf/scaling_model.py), all in one process, one
-thread, by CPU time (time.process_time), so that other load on the machine barely moves them.
+thread, by CPU time (time.process_time). Other processes on the same cores still inflate a
+process's CPU time (caches, memory bandwidth), never deflate it: so every input is the least of
+several repeats, like the validation runs' measurements (scaling_validate.py).
 
   radmm_costs     RADMM's block updates, timed inside a serial sweep of the real trainer
   radmm_fit       the hidden block's cost over a grid of (width, samples), fitted as
@@ -71,27 +73,27 @@ def radmm_costs(cfg, iters: int = 3):
     def output(st, p):
         t, _ = _cpu(orig_o, st, p)
         calls["output"].append(t)
-    steps = []
+    sweeps = []                       # (step CPU, that sweep's block calls)
     rb._hidden_block, rb._output_block = hidden, output
     try:
         for it in range(iters + 1):
+            calls.clear()
             t, _ = _cpu(tr.step, it)
-            if it == 0:               # warm-up (allocations)
-                calls.clear()
-            else:
-                steps.append(t)
+            if it:                    # (the first sweep allocates)
+                sweeps.append((t, {k: list(v) for k, v in calls.items()}))
     finally:
         rb._hidden_block, rb._output_block = orig_h, orig_o
     D = cfg.model.depth
-    per = {k: sum(v) / iters for k, v in calls.items()}
-    hid = statistics.median(calls["hidden"]) if calls["hidden"] else 0.0
-    overhead = max(0.0, statistics.median(steps) - sum(per.values()))
+    step, best = min(sweeps, key=lambda x: x[0])      # the least disturbed sweep
+    per = {k: sum(v) for k, v in best.items()}
+    hid = statistics.median(best["hidden"]) if best.get("hidden") else 0.0
+    overhead = max(0.0, step - sum(per.values()))
     # a Jacobi boundary: Q_r from the layer s_r block's quantities, then M_r
     st, p, i = tr.st, tr.p, max(1, D // 2)
     W, U, V = st["W"], st["U"], st["V"]
     M = torch.zeros_like(V[i - 1])
     q_times = []
-    for _ in range(iters):
+    for _ in range(iters + 1):
         tq, Q = _cpu(rb.update_Q, W[i], U[i], V[i], U[i], M, V[i - 1], V[i - 1].clone(), p.gamma,
                      p.rho, p.beta_b, rb._omb(p))
         tm, _ = _cpu(rb.update_M, M, Q, V[i - 1], p.beta_b)
@@ -99,7 +101,7 @@ def radmm_costs(cfg, iters: int = 3):
     shape = RadmmShape(depth=D, width=cfg.model.width, n=tr.N, d_in=ds.d_in, d_out=ds.d_out,
                        itemsize=torch.finfo(tr.dtype).bits // 8)
     costs = RadmmCosts(hidden=hid, first=per.get("first", hid), output=per.get("output", 0.0),
-                       q=statistics.median(q_times), per_tensor=overhead / (2 * D + 2))
+                       q=min(q_times), per_tensor=overhead / (2 * D + 2))
     return shape, costs
 
 
@@ -157,15 +159,17 @@ def backprop_costs(cfg, shares=(256, 128, 64, 32, 16), steps: int = 12):
             opt.append(t)
             return out
         tr.opt.step = timed_step
-        c0 = tr.phase_cpu_s["compute"]
+        per_step = []
         for it in range(1, steps + 1):
+            c0 = tr.phase_cpu_s["compute"]
             tr.step(it)
-        pts.append((tr.batch, (tr.phase_cpu_s["compute"] - c0) / steps))
+            per_step.append(tr.phase_cpu_s["compute"] - c0)
+        pts.append((tr.batch, min(per_step)))
     A = np.array([[1.0, b] for b, _ in pts])
     fixed, per = np.linalg.lstsq(A, np.array([t for _, t in pts]), rcond=None)[0]
     params = sum(p.numel() for p in tr.model.parameters())
     return BackpropCosts(per_sample=max(per, 0.0), fixed=max(fixed, 0.0),
-                         optimizer=statistics.median(opt)), params, pts
+                         optimizer=min(opt)), params, pts
 
 
 # ---- ParMAC ---------------------------------------------------------------------------------------
@@ -231,7 +235,7 @@ def trgl_costs(cfg, K: int, steps: int = 6):
             t, x = _cpu(tr._train_module, k, x, y)
             if b:
                 times[k].append(t)
-    comp = [statistics.median(times[k]) for k in range(K)]
+    comp = [min(times[k]) for k in range(K)]
     act = [tr.B * (int(np.prod(tr.shapes[k])) + 1) * s for k in range(K)]
     mem = [4 * s * sum(p.numel() for p in tr.mods[k].parameters()) + act[k] * 4 for k in range(K)]
     return comp, act, mem
