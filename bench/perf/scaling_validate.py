@@ -216,7 +216,7 @@ def curves(inputs, fit, nets, big: bool):
     the network) except for 'shared memory'."""
     d = inputs.data
     out = {}
-    networks = [("shared memory", nets["shm"])] + [(n.name, n) for n in sm.NETWORKS]
+    networks = [("shared memory", nets["shm"])] + [(n.name, n) for n in sm.NETWORKS]   # shm: as measured here
     for method in ("radmm-jacobi", "radmm-two-colour", "backprop", "parmac", "trgl"):
         kind = CASES[method][0]
         if kind not in d:
@@ -244,6 +244,8 @@ def small_predict(inputs, kind, method, P, net):
         if str(P) not in d["trgl"]:
             return None
     if kind == "mac" and P > len(d["mac"]["shape"]["submodels"]):
+        return None
+    if kind == "backprop" and P > d["backprop"]["batch"]:
         return None
     schedule = "two-colour" if "two-colour" in method else "jacobi"
     return inputs.predict(kind, P, schedule, net, net)
@@ -351,7 +353,7 @@ def plot(rows, small, big, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     methods = [m for m in CASES if m in small]
-    fig, axes = plt.subplots(2, len(methods), figsize=(4.2 * len(methods), 8.2), squeeze=False)
+    fig, axes = plt.subplots(3, len(methods), figsize=(4.2 * len(methods), 11.5), squeeze=False)
     colours = {"shared memory": "C0", "25 Gb/s": "C1", "100 Gb/s": "C2", "400 Gb/s": "C3"}
     for j, m in enumerate(methods):
         ax = axes[0][j]
@@ -377,7 +379,18 @@ def plot(rows, small, big, path):
         ax.set_xlabel("ranks P")
         ax.set_ylabel("parallel efficiency T(1)/(P·T(P))")
         ax.grid(alpha=0.3, which="both")
-    axes[0][0].plot([], [], "ko", label="measured wall (1 rank/core)")
+        ax = axes[2][j]
+        pts = big.get(m, {}).get("100 Gb/s", [])
+        ax.plot([p[0] for p in pts], [p[3] / 2**30 for p in pts], "-", color="k", lw=1.2)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(f"{m}: memory per rank, beyond this machine")
+        ax.set_xlabel("ranks P")
+        ax.set_ylabel("GiB per rank (state)")
+        ax.grid(alpha=0.3, which="both")
+    loads = [float(r["load_before"].split()[0]) for r in rows]
+    span = f" (load {min(loads):.0f}-{max(loads):.0f} on {CORES} cores)" if loads else ""
+    axes[0][0].plot([], [], "ko", label=f"measured wall, 1 rank/core{span}")
     axes[0][0].plot([], [], "ko", mfc="none", label="measured CPU path")
     axes[0][0].plot([], [], "ks", mfc="none", label="… across namespace nodes")
     axes[0][0].legend(fontsize=7)
@@ -435,7 +448,7 @@ def main():
 
 def summarise(rows, big):
     for kind in ("err_wall", "err_cpu", "err_speedup"):
-        sel = [r for r in rows if r[kind] is not None and (kind == "err_cpu" or not r["oversubscribed"])]
+        sel = [r for r in rows if r[kind] is not None and (kind != "err_wall" or not r["oversubscribed"])]
         if sel:
             errs = [abs(r[kind]) for r in sel]
             print(f"{kind}: {len(sel)} runs, median |error| {sorted(errs)[len(errs) // 2]:.0%}, max {max(errs):.0%}")
