@@ -175,7 +175,8 @@ def validate(inputs, only, nets, cluster, runs=True):
             node_of = [i for i, k in enumerate(placement) for _ in range(k)] if placement else None
             pred = inputs.predict(method, P, schedule, nets["shm"], inter, node_of, meas["compute_cpu"])
             row = {"case": name, "P": P, "where": where, "placement": placement,
-                   "oversubscribed": P > CORES,   # the namespace nodes share this host's cores "load_before": before, "load_after": load(),
+                   # (the namespace nodes share this host's cores)
+                   "oversubscribed": P > CORES, "load_before": before, "load_after": load(),
                    "measured_wall": meas["wall_per_iter"], "predicted": pred["total"],
                    "predicted_compute": pred["compute"], "predicted_comm": pred["comm"],
                    "measured_cpu_path": pred.get("cpu_path"),
@@ -375,7 +376,7 @@ def plot(rows, small, big, path):
             ax.plot([p[0] for p in pts], [p[2] for p in pts], "-", color=colours[label], lw=1.2, label=label)
         ax.set_xscale("log", base=2)
         ax.set_ylim(0, 1.05)
-        ax.set_title(f"{m}: beyond this machine")
+        ax.set_title(f"{m}: efficiency, beyond", fontsize=10)
         ax.set_xlabel("ranks P")
         ax.set_ylabel("parallel efficiency T(1)/(P·T(P))")
         ax.grid(alpha=0.3, which="both")
@@ -384,7 +385,7 @@ def plot(rows, small, big, path):
         ax.plot([p[0] for p in pts], [p[3] / 2**30 for p in pts], "-", color="k", lw=1.2)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_title(f"{m}: memory per rank, beyond this machine")
+        ax.set_title(f"{m}: memory, beyond", fontsize=10)
         ax.set_xlabel("ranks P")
         ax.set_ylabel("GiB per rank (state)")
         ax.grid(alpha=0.3, which="both")
@@ -393,7 +394,7 @@ def plot(rows, small, big, path):
     axes[0][0].plot([], [], "ko", label=f"measured wall, 1 rank/core{span}")
     axes[0][0].plot([], [], "ko", mfc="none", label="measured CPU path")
     axes[0][0].plot([], [], "ks", mfc="none", label="… across namespace nodes")
-    axes[0][0].legend(fontsize=7)
+    axes[0][0].legend(fontsize=7, loc="lower left")
     fig.suptitle("Scaling model: predicted time per iteration (lines) and measurements (points); "
                  "bottom: depth 1024, width 1024, N = 1e6 (RADMM, ParMAC, backprop), resnet1022 (TRGL)",
                  fontsize=9)
@@ -408,7 +409,14 @@ def main():
     ap.add_argument("--no-runs", action="store_true", help="inputs and predictions only")
     ap.add_argument("--out", default=RESULTS)
     ap.add_argument("--plot", default=PLOT)
+    ap.add_argument("--replot", metavar="JSON", help="only draw the plot (and the summary) of a results file")
     args = ap.parse_args()
+    if args.replot:
+        with open(args.replot) as fh:
+            res = json.load(fh)
+        plot(res["validation"], res["predicted_small"], res["predicted_big"], args.plot)
+        summarise(res["validation"], res["predicted_big"])
+        return
     os.environ["OMP_NUM_THREADS"] = "1"
     t0 = time.time()
     print(f"load {load()}", flush=True)
