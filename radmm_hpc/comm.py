@@ -5,7 +5,8 @@ several tensors for one neighbour are packed into one reusable buffer and sent a
 GPU tensors are staged through host memory unless the start-up probe found MPI CUDA-aware. Every
 wait is one polling loop (_poll) with a short sleep, so that ranks oversubscribing cores (8 ranks
 on 2 cores) do not spin against the ranks doing the work and a signal handler can run during a
-long wait; the parameter-server protocol's waits also have a deadline.
+long wait. Every wait has a deadline (comm.timeout_s): a peer on a dead or cut-off node ends the
+job with CommTimeout instead of a hang.
 
 With no MPI (world size 1, or mpi4py without an MPI library) the same API works serially.
 Byte counters count tensor payload only: point-to-point bytes and collective payload separately.
