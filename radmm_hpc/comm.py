@@ -201,19 +201,17 @@ class Comm:
     def _poll(self, done, timeout_s: Optional[float] = None, message: str = "", error=TimeoutError) -> None:
         """Call done() until it is true: SPINS times back to back (latency), then with sleeps (the
         cores go to the ranks that compute), looking at the clock only while sleeping (no cost per
-        message). Raises error(message) after timeout_s seconds (None: no deadline). The time
-        counts as this layer's wait."""
+        message). Raises error(message) after timeout_s seconds (None: no deadline). The time of a
+        wait that ends counts as this layer's wait."""
         t0 = time.perf_counter()
         spins = 0
-        try:
-            while not done():
-                spins += 1
-                if spins > SPINS:
-                    time.sleep(SHORT_S if spins < LONG_AFTER else LONG_S)
-                    if timeout_s is not None and time.perf_counter() - t0 > timeout_s:
-                        raise error(message() if callable(message) else message)
-        finally:
-            self.wait_s += time.perf_counter() - t0
+        while not done():
+            spins += 1
+            if spins > SPINS:
+                time.sleep(SHORT_S if spins < LONG_AFTER else LONG_S)
+                if timeout_s is not None and time.perf_counter() - t0 > timeout_s:
+                    raise error(message() if callable(message) else message)
+        self.wait_s += time.perf_counter() - t0
 
     def _wait(self, reqs: List, what: str = "a message", timeout_s: Optional[float] = None) -> None:
         """Until every request completes, or CommTimeout past the deadline (comm.timeout_s)."""

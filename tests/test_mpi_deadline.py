@@ -7,7 +7,6 @@ import time
 import numpy as np
 import pytest
 import torch
-
 from conftest import mpi_all, world
 
 

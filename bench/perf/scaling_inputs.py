@@ -54,15 +54,15 @@ def _cpu(fn, *a, **k):
 # ---- RADMM ----------------------------------------------------------------------------------------
 def radmm_costs(cfg, iters: int = 3):
     """Per-update CPU seconds inside a serial sweep of the real trainer (medians over sweeps)."""
-    from radmm_hpc.algos import radmm_blocks as rb
-    from radmm_hpc.algos.radmm import RadmmTrainer
+    from radmm_hpc.algos.radmm import FcRadmmTrainer
+    from radmm_hpc.algos.radmm import blocks as rb
     if cfg.radmm.variant != "proximal" or cfg.radmm.splitting != "three":
         raise SystemExit("the model's RADMM costs cover the default proximal three-splitting")
     cfg = copy.deepcopy(cfg)
     cfg.radmm.schedule = "serial"
     torch.set_num_threads(1)
     ds = load_dataset(cfg.data)
-    tr = RadmmTrainer(cfg, _runtime(), ds)
+    tr = FcRadmmTrainer(cfg, _runtime(), ds)
     calls = defaultdict(list)
     orig_h, orig_o = rb._hidden_block, rb._output_block
 
@@ -176,11 +176,12 @@ def backprop_costs(cfg, shares=(256, 128, 64, 32, 16), steps: int = 12):
 def mac_costs(cfg, shards=(1, 4), iters: int = 1):
     """Visits (fixed + per minibatch) and the per-point rest, from serial runs with S shards
     (a serial run with mac.shards = S does ParMAC's work for S ranks in one process)."""
-    from radmm_hpc.algos import mac as macmod
+    from radmm_hpc.algos.mac import parts as macparts
+    from radmm_hpc.algos.mac import trainer as macmod
     torch.set_num_threads(1)
     ds = load_dataset(cfg.data)
     visits, rest = [], []
-    orig = macmod.visit_train
+    orig = macparts.visit_train
     for S in shards:
         c = copy.deepcopy(cfg)
         c.mac.shards = S

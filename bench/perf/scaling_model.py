@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
-from radmm_hpc.algos.radmm_blocks import partition_hidden   # the trainer's own layer partition
+from radmm_hpc.algos.radmm.blocks import partition_hidden  # the trainer's own layer partition
 
 
 # ---- networks -------------------------------------------------------------------------------------

@@ -298,10 +298,11 @@ def trgl_fit(d):
     import numpy as np
     cfg = si.config(CASES["trgl"][1])
     rows = []
+    import torch
+
     from radmm_hpc.data import load_dataset
     from radmm_hpc.models import build_model
     from radmm_hpc.models.resnet import block_costs, split_modules
-    import torch
     ds = load_dataset(cfg.data)
     model = build_model(cfg, ds, torch.Generator().manual_seed(0))
     macs = block_costs(model)
@@ -317,7 +318,9 @@ def trgl_fit(d):
 
 def trgl_big(P, net, d, _cache={}):
     from types import SimpleNamespace
+
     import torch
+
     from radmm_hpc.models.resnet import ResNet, block_costs, parse_arch
     B = BIG
     if "model" not in _cache:

@@ -9,10 +9,9 @@ import subprocess
 import sys
 
 import h5py
+import netns
 import numpy as np
 import pytest
-
-import netns
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PY = sys.executable

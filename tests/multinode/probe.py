@@ -51,6 +51,7 @@ def transport(comm) -> dict:
 
 def local(comm) -> dict:
     import torch
+
     from radmm_hpc.runtime import bind_device, init_world, pin_threads
     rt = init_world()
     pin_threads(rt)

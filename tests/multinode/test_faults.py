@@ -12,10 +12,17 @@ import time
 
 import numpy as np
 import pytest
-
-from helpers import cluster  # noqa: F401 - the module's 3-node cluster (fixture)
-from helpers import (TINY, cli_argv, metrics, rel_err, ROOT, run_here, run_nodes,
-                     summary, weights)
+from helpers import (
+    ROOT,
+    TINY,
+    cli_argv,
+    metrics,
+    rel_err,
+    run_here,
+    run_nodes,
+    summary,
+    weights,
+)
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -9,10 +9,16 @@ import os
 
 import numpy as np
 import pytest
-
-from helpers import cluster  # noqa: F401 - the module's 3-node cluster (fixture)
-from helpers import (TINY, identical, metrics, rel_err, run_here, run_nodes,
-                     summary, weights)
+from helpers import (
+    TINY,
+    identical,
+    metrics,
+    rel_err,
+    run_here,
+    run_nodes,
+    summary,
+    weights,
+)
 
 pytestmark = pytest.mark.timeout(900)
 
