@@ -19,7 +19,7 @@ for n in 2 3 4 8; do
     echo "== MPI suite on $n ranks"
     # only rank 0 reports (assertions are reduced over ranks, so rank 0 fails when any would)
     timeout 900 mpiexec -n "$n" sh -c '[ "${PMI_RANK:-0}" = 0 ] || exec >/dev/null;
-        exec python -m mpi4py -m pytest tests -q -p no:cacheprovider --with-mpi -m mpi' || status=1
+        exec python -m mpi4py -m pytest tests -q -p no:cacheprovider --with-mpi -m mpi --ignore=tests/multinode' || status=1
 done
 # --- Slurm job scripts (jobs/, tests/slurm, docs/slurm.md) -----------------------------------
 # Brings up a real single-node Slurm (munged, slurmctld, slurmd) inside the test run and submits

@@ -7,7 +7,8 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import mpi_all, world
+
+from tests.support import mpi_all, world
 
 
 @pytest.mark.mpi(min_size=2)
