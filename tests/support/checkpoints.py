@@ -20,7 +20,7 @@ def same_weights(a, b):
 
 
 # metrics and summary fields that are clocks or machine facts, not results
-CLOCKS = {"wall_s", "time_per_iter_s", "peak_rss_mb", "run_dir", "phase_s", "updates_per_s",
+CLOCKS = {"wall_s", "time_per_iter_s", "peak_rss_mb", "run_dir", "phase_s", "phase_cpu_s", "updates_per_s",
           "server_busy_fraction", "train_images_per_s"}
 
 
