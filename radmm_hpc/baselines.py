@@ -11,6 +11,7 @@ import torch
 
 from radmm_hpc.algos.backprop import BackpropTrainer
 from radmm_hpc.comm import Comm
+from radmm_hpc.data import validation_split as data_validation_split
 from radmm_hpc.runtime import Runtime
 from radmm_hpc.scoring import loss_fn, predict, score_model, tensors_for
 
@@ -20,9 +21,7 @@ CHECK_EVERY = 10     # steps between validation checks
 
 def validation_split(cfg, n: int) -> tuple[np.ndarray, np.ndarray]:
     """(fit rows, validation rows) of a training split of n rows, seeded by data.split_seed."""
-    perm = np.random.default_rng([cfg.data.split_seed, 11]).permutation(n)
-    n_val = max(1, int(round(VAL_FRACTION * n))) if n > 1 else 0
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+    return data_validation_split(n, VAL_FRACTION, cfg.data.split_seed)
 
 
 def backprop_for_seconds(cfg, ds, seconds: float, device) -> dict[str, dict]:

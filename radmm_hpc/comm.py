@@ -39,6 +39,7 @@ class TAG:
     communicator have tags of their own."""
     RADMM_INIT, RADMM_FWD, RADMM_BWD, RADMM_EVAL = 11, 12, 13, 14
     RADMM_COLOUR = (15, 16)          # two-colour: the messages after colour 0's and colour 1's sweep
+    RADMM_CTRL = 17                  # anchored: the accept/penalty decision and the running ‖W‖²
     MAC_HOP = (21, 22)               # W-step: submodels to the ring successor (alternating passes)
     MAC_COPY = (23, 24)              # the copy round after the W-step
     TRGL_PIPE, TRGL_EVAL = 31, 32    # the module pipeline: training batches, evaluation chunks

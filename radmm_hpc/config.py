@@ -20,7 +20,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ALGOS = ("radmm", "backprop", "asgd", "dapsvrg", "dapsgd", "mac", "trgl")
-SCHEDULES = ("serial", "serial-redblack", "two-colour", "jacobi")
+SCHEDULES = ("auto", "serial", "pipeline", "serial-redblack", "two-colour", "jacobi")
 
 
 @dataclass
@@ -79,20 +79,41 @@ class BackpropCfg:
 
 @dataclass
 class RadmmCfg:
-    variant: str = "proximal"     # proximal | linearized
-    splitting: str = "three"      # three | two
-    schedule: str = "jacobi"      # serial | serial-redblack | two-colour | jacobi
+    # anchored (the default): the auxiliary variables are set to the forward pass each iteration,
+    # the multipliers to their estimates (a backward sweep through the regions), then every W
+    # block takes its exact proximal step (docs/radmm.md). proximal | linearized: the paper's
+    # full-batch variants (previous defaults: configs/radmm-proximal.toml)
+    variant: str = "anchored"     # anchored | proximal | linearized
+    splitting: str = "three"      # three | two (proximal and linearized only)
+    schedule: str = "auto"        # auto (anchored: pipeline, else jacobi) | serial | pipeline |
+                                  # serial-redblack | two-colour | jacobi
     regions: int = 0              # serial-redblack: regions to mimic (0 = world size)
-    # defaults tuned on Wine Quality (docs/radmm.md): large γ, ρ keep the auxiliary variables close
-    # to the network's forward pass; λ = 0.1 (mean convention) slows the output layer's drift
-    lam: float = 0.1              # weight decay λ
-    gamma: float = 100.0          # penalty on U_l = W_l V_{l-1}
-    rho: float = 100.0            # penalty on V_l = R_l V_{l-1} + σ(U_l)
+    # defaults tuned on Wine Quality for the anchored variant (docs/radmm.md); the paper variants
+    # were tuned at gamma = rho = 100, lam = 0.1 (configs/radmm-proximal.toml)
+    lam: float = 0.0              # weight decay λ
+    gamma: float = 10.0           # penalty on U_l = W_l V_{l-1} (anchored: a hidden block's step ~ 1/γ)
+    rho: float = 100.0            # penalty on V_l = R_l V_{l-1} + σ(U_l) (proximal, linearized)
     beta: float = 10.0            # ADMM penalty on the output constraint (β > 1)
     omega: float = 1.0            # proximal weight
     beta_b: float = 10.0          # Jacobi boundary consensus penalty (boundary blocks use ω + β_b/2)
-    keep_best: bool = True        # export the iterate with the lowest forward-pass training loss
+    keep_best: bool = True        # export the best iterate (anchored: by validation loss; others:
+                                  # the lowest forward-pass training loss at a logging interval)
     tol: float = 0.0              # stop when the relative successive difference falls below
+    # anchored variant only
+    microbatches: int = 0         # column chunks per pipelined pass (0 = 4 per rank, 1 on one rank)
+    grow: float = 2.0             # a step that raised the objective is undone, the penalties ×grow
+    relax: float = 0.95           # after an accepted step the penalties ×relax
+    trust: float = 0.1            # a hidden block's step is at most trust·‖W_l‖ (0 = no bound)
+    val_fraction: float = 0.1     # training share held out to choose the exported iterate (0: the
+                                  # last accepted one, the lowest training objective)
+
+
+def radmm_schedule(r: "RadmmCfg") -> str:
+    """The schedule radmm.schedule = auto stands for: pipeline for the anchored variant, Jacobi
+    PRU for the paper variants."""
+    if r.schedule != "auto":
+        return r.schedule
+    return "pipeline" if r.variant == "anchored" else "jacobi"
 
 
 @dataclass
@@ -357,7 +378,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     _positive("backprop.momentum", b.momentum, strict=False)
     _positive("backprop.weight_decay", b.weight_decay, strict=False)
     _positive("backprop.batch_size", b.batch_size, strict=False)
-    _choice("radmm.variant", r.variant, ("proximal", "linearized"))
+    _choice("radmm.variant", r.variant, ("anchored", "proximal", "linearized"))
     _choice("radmm.splitting", r.splitting, ("three", "two"))
     _choice("radmm.schedule", r.schedule, SCHEDULES)
     for name in ("gamma", "rho", "beta", "omega", "beta_b"):
@@ -365,6 +386,23 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     for name in ("lam", "tol"):
         _positive(f"radmm.{name}", getattr(r, name), strict=False)
     _positive("radmm.regions", r.regions, strict=False)
+    _positive("radmm.microbatches", r.microbatches, strict=False)
+    _positive("radmm.trust", r.trust, strict=False)
+    if r.grow <= 1:
+        raise ConfigError(f"radmm.grow must be > 1, got {r.grow}")
+    if not 0 < r.relax <= 1:
+        raise ConfigError(f"radmm.relax must be in (0, 1], got {r.relax}")
+    if not 0 <= r.val_fraction < 1:
+        raise ConfigError(f"radmm.val_fraction must be in [0, 1), got {r.val_fraction}")
+    schedule = radmm_schedule(r)
+    if r.variant == "anchored":
+        if schedule not in ("serial", "pipeline"):
+            raise ConfigError(f"radmm.variant = anchored runs the serial or pipeline schedule, not {schedule}")
+        if r.splitting != "three":
+            raise ConfigError("radmm.variant = anchored is a three-splitting method (radmm.splitting = three)")
+    elif schedule == "pipeline":
+        raise ConfigError(f"radmm.schedule = pipeline is the anchored variant's; radmm.variant = {r.variant} "
+                          f"runs serial, serial-redblack, two-colour or jacobi")
     _positive("checkpoint.every", c.every, strict=False)
     _positive("checkpoint.every_seconds", c.every_seconds, strict=False)
     _positive("checkpoint.keep", c.keep)
@@ -376,10 +414,10 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         if not m.input_bias:
             raise ConfigError("RADMM needs model.input_bias = true (the bias row of layer 1)")
         regions = world_size
-        if r.schedule in ("serial", "serial-redblack"):
+        if schedule in ("serial", "serial-redblack"):
             if world_size != 1:
-                raise ConfigError(f"radmm.schedule = {r.schedule} runs on 1 rank, the job has "
-                                  f"{world_size}; use two-colour or jacobi")
+                raise ConfigError(f"radmm.schedule = {schedule} runs on 1 rank, the job has {world_size}; "
+                                  f"use {'pipeline' if r.variant == 'anchored' else 'two-colour or jacobi'}")
             regions = r.regions or 1
         if regions > m.depth:
             raise ConfigError(f"{regions} regions but model.depth = {m.depth} hidden layers: "

@@ -48,6 +48,15 @@ def split_indices(n: int, test_fraction: float, seed: int):
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])
 
 
+def validation_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fit rows, validation rows) of a training split of n rows: a seeded share held out for
+    model selection (the Adam baseline's early stopping and RADMM's choice of iterate draw the
+    same rows for the same data.split_seed)."""
+    perm = np.random.default_rng([seed, 11]).permutation(n)
+    n_val = max(1, int(round(fraction * n))) if (n > 1 and fraction > 0) else 0
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
 def _standardise(train: np.ndarray, *others):
     mean = train.mean(axis=0)
     std = train.std(axis=0)

@@ -66,6 +66,7 @@ class FcRadmmTrainer(RegionTrainer):
         # the next region's (Q, M)
         self.Q = self.M = self.Vb = self.Qn = self.Mn = None
         self.jst = self
+        self._remember_initial()
         self._start(self.st["X"])
 
     def _zeros(self, rows: int) -> torch.Tensor:

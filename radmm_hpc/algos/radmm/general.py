@@ -68,7 +68,97 @@ def aux_bytes_estimate(shapes, n: int, three: bool, elem: int) -> int:
     return elem * n * (per * (2 if three else 1) + 2 * max(int(np.prod(s)) for s in shapes))
 
 
-class GeneralRadmmTrainer(RegionTrainer):
+class LayerNetwork:
+    """What a RADMM trainer on a list of Layers shares (this trainer and anchored.py's): the
+    activation shapes, the forward pass that scores the network, the export and model.h5.
+    Needs self.layers, self.fc, self.model, self.ch (Chunks) and the region attributes."""
+
+    @torch.no_grad()
+    def _shapes(self, x1):
+        """Per-sample shape of V_0..V_L (one sample through the network; every rank)."""
+        out = [tuple(x1.shape[1:])]
+        for lay in self.layers:
+            x1 = lay.g(x1)
+            out.append(tuple(x1.shape[1:]))
+        return out
+
+    def _weight(self, l: int):
+        return self.layers[l - 1].w
+
+    def _has_weights(self, l: int) -> bool:
+        return self.layers[l - 1].w is not None
+
+    def _eval_input(self, split: str):
+        X, _ = inputs(self.ds, split, self.dtype, self.ch.store, self.fc)
+        if self.first:
+            return X
+        return self._eval_chunks(X.shape[0]).new(self.shapes[self.s - 1])
+
+    def _eval_chunks(self, n: int) -> Chunks:
+        return Chunks(n, self.cfg.radmmconv.chunk, self.ch.store, self.device, self.dtype)
+
+    def _eval_region(self, prev, split: str):
+        ch = self._eval_chunks(prev.shape[0])
+        hi = self.L if self.last else self.e
+        out = None
+        for sl in ch.slices:
+            h = ch.get(prev, sl)
+            for l in range(self.s, hi + 1):
+                h = self.layers[l - 1].g(h)
+            if out is None:
+                out = ch.new(h.shape[1:])
+            ch.put(out, sl, h)
+        return out
+
+    def _eval_scores(self, out, split: str) -> dict:
+        _, y = tensors_for(self.ds, split, self.dtype, self.device)
+        return score_predictions(out.to(self.device), y, self.ds, split)
+
+    def _load_exported(self, weights):
+        for lay, w in zip(self.layers, weights):
+            if w is not None:
+                lay.w = w.to(device=self.device, dtype=self.dtype)
+
+    @torch.no_grad()
+    def final_scores(self, weights) -> dict:
+        self._load_exported(weights)
+        if self.model is not None:       # the model in eval mode: the same map as the layers
+            from radmm_hpc.scoring import score_model
+            for lay in self.layers:
+                lay.sync_module()
+            return score_model(self.model, self.ds)
+        out = {}
+        for split in ("train", "test"):
+            X, y = inputs(self.ds, split, self.dtype, self.device, self.fc)
+            ch = Chunks(X.shape[0], self.cfg.radmmconv.chunk, self.device, self.device, self.dtype)
+            preds = []
+            for sl in ch.slices:
+                h = X[sl]
+                for lay in self.layers:
+                    h = lay.g(h)
+                preds.append(h)
+            out.update(score_predictions(torch.cat(preds), y, self.ds, split))
+        return out
+
+    def save_final(self, path: str, weights) -> None:
+        if self.fc:
+            return super().save_final(path, [w.view(lay.shapes[0]) for w, lay in zip(weights, self.layers)])
+        import h5py
+        self._load_exported(weights)
+        if self.model is not None:
+            from radmm_hpc.modelio import save_named_params
+            for lay in self.layers:
+                lay.sync_module()
+            return save_named_params(path, self.model, self.cfg, self.ds)
+        with h5py.File(path, "w") as fh:
+            fh.attrs["arch"] = self.cfg.model.arch
+            for i, lay in enumerate(self.layers, start=1):
+                g = fh.create_group(f"layer{i:03d}")
+                for n, t in (lay.params(lay.w).items() if lay.w is not None else []):
+                    g.create_dataset(n, data=t.detach().cpu().numpy())
+
+
+class GeneralRadmmTrainer(LayerNetwork, RegionTrainer):
     def __init__(self, cfg, rt, ds):
         super().__init__(cfg, rt, ds)
         self.p = params_from(cfg, ds.task)
@@ -85,18 +175,10 @@ class GeneralRadmmTrainer(RegionTrainer):
         if self.last:
             Y = targets(ds, y).to(self.dtype)
             self.eng.Y = Y.to(store)
+        self._remember_initial()
         self._start(X.to(store) if self.first else None)
 
     # ---- set-up --------------------------------------------------------------------------------
-    @torch.no_grad()
-    def _shapes(self, x1):
-        """Per-sample shape of V_0..V_L (one sample through the network; every rank)."""
-        out = [tuple(x1.shape[1:])]
-        for lay in self.layers:
-            x1 = lay.g(x1)
-            out.append(tuple(x1.shape[1:]))
-        return out
-
     def _store_device(self):
         """Per-sample state on the compute device when it fits (radmmconv.aux_memory), else host."""
         mode = self.cfg.radmmconv.aux_memory
@@ -134,9 +216,6 @@ class GeneralRadmmTrainer(RegionTrainer):
         return (torch.finfo(self.dtype).bits // 8) * (self.N * per + nw)
 
     # ---- region hooks (regions.py) ---------------------------------------------------------------
-    def _weight(self, l: int):
-        return self.layers[l - 1].w
-
     def _forward_region(self, prev):
         return self.eng.forward_init(prev)
 
@@ -199,76 +278,6 @@ class GeneralRadmmTrainer(RegionTrainer):
         t = self.eng.merit_terms(self.jac)
         return {"lagrangian": t["lagrangian"] / self.N, "relaxed_objective": t["relaxed_objective"] / self.N,
                 "primal_sq": t["primal_sq"]}
-
-    def _eval_input(self, split: str):
-        X, _ = inputs(self.ds, split, self.dtype, self.ch.store, self.fc)
-        if self.first:
-            return X
-        return self._eval_chunks(X.shape[0]).new(self.shapes[self.s - 1])
-
-    def _eval_chunks(self, n: int) -> Chunks:
-        return Chunks(n, self.cfg.radmmconv.chunk, self.ch.store, self.device, self.dtype)
-
-    def _eval_region(self, prev, split: str):
-        ch = self._eval_chunks(prev.shape[0])
-        hi = self.L if self.last else self.e
-        out = None
-        for sl in ch.slices:
-            h = ch.get(prev, sl)
-            for l in range(self.s, hi + 1):
-                h = self.layers[l - 1].g(h)
-            if out is None:
-                out = ch.new(h.shape[1:])
-            ch.put(out, sl, h)
-        return out
-
-    def _eval_scores(self, out, split: str) -> dict:
-        _, y = tensors_for(self.ds, split, self.dtype, self.device)
-        return score_predictions(out.to(self.device), y, self.ds, split)
-
-    # ---- export, scoring, checkpoints -----------------------------------------------------------
-    def _load_exported(self, weights):
-        for lay, w in zip(self.layers, weights):
-            if w is not None:
-                lay.w = w.to(device=self.device, dtype=self.dtype)
-
-    @torch.no_grad()
-    def final_scores(self, weights) -> dict:
-        self._load_exported(weights)
-        if self.model is not None:       # the model in eval mode: the same map as the layers
-            from radmm_hpc.scoring import score_model
-            for lay in self.layers:
-                lay.sync_module()
-            return score_model(self.model, self.ds)
-        out = {}
-        for split in ("train", "test"):
-            X, y = inputs(self.ds, split, self.dtype, self.device, self.fc)
-            ch = Chunks(X.shape[0], self.cfg.radmmconv.chunk, self.device, self.device, self.dtype)
-            preds = []
-            for sl in ch.slices:
-                h = X[sl]
-                for lay in self.layers:
-                    h = lay.g(h)
-                preds.append(h)
-            out.update(score_predictions(torch.cat(preds), y, self.ds, split))
-        return out
-
-    def save_final(self, path: str, weights) -> None:
-        if self.fc:
-            return super().save_final(path, [w.view(lay.shapes[0]) for w, lay in zip(weights, self.layers)])
-        import h5py
-        self._load_exported(weights)
-        if self.model is not None:
-            from radmm_hpc.modelio import save_named_params
-            for lay in self.layers:
-                lay.sync_module()
-            return save_named_params(path, self.model, self.cfg, self.ds)
-        with h5py.File(path, "w") as fh:
-            fh.attrs["arch"] = self.cfg.model.arch
-            for i, lay in enumerate(self.layers, start=1):
-                g = fh.create_group(f"layer{i:03d}")
-                for n, t in (lay.params(lay.w).items() if lay.w is not None else []):
-                    g.create_dataset(n, data=t.detach().cpu().numpy())
 
     # checkpoint keys follow fcresnet.py's (W/l, U/l, V/l, tau/..., Lam, jacobi/...), so that
     # regions.remap_state resumes a general run on another number of ranks as well

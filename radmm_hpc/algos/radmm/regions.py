@@ -27,7 +27,11 @@ import torch
 from radmm_hpc.algos.base import Trainer
 from radmm_hpc.algos.radmm.blocks import partition_hidden, red_black_order
 from radmm_hpc.comm import TAG
+from radmm_hpc.config import radmm_schedule
 from radmm_hpc.errors import CheckpointError, ConfigError
+
+
+DISTRIBUTED = ("two-colour", "jacobi", "pipeline")     # the schedules that spread regions over ranks
 
 
 class RegionTrainer(Trainer):
@@ -38,10 +42,10 @@ class RegionTrainer(Trainer):
 
     def _init_regions(self, L: int) -> None:
         cfg = self.cfg
-        self.schedule = cfg.radmm.schedule
+        self.schedule = radmm_schedule(cfg.radmm)
         self.comm = self.rt.comm
         self.L = L
-        distributed = self.schedule in ("two-colour", "jacobi")
+        distributed = self.schedule in DISTRIBUTED
         self.P = self.rt.size if distributed else 1
         self.r = self.rt.rank if distributed else 0
         regions = cfg.radmm.regions or 1 if self.schedule == "serial-redblack" else self.P
@@ -54,6 +58,7 @@ class RegionTrainer(Trainer):
         self.jac = self.schedule == "jacobi" and self.P > 1
         self.order = red_black_order(L, cfg.radmm.regions or 1) if self.schedule == "serial-redblack" else None
         self.succ_sq = 0.0
+        self.W0: Dict[int, torch.Tensor] = {}    # initial weights of the owned layers (movement)
         # keep_best: the owned weights of the iterate with the lowest forward-pass training loss
         # seen at a logging interval (selected on training data only)
         self.best_loss, self.best_W = math.inf, None
@@ -152,6 +157,31 @@ class RegionTrainer(Trainer):
                                {self.r + 1: [j.Qn, j.Mn]} if not self.last else {}, TAG.RADMM_BWD)
 
     # ---- metrics -------------------------------------------------------------------------------
+    def _remember_initial(self) -> None:
+        """Keep the owned layers' initial weights: the movement metric compares with them (the
+        seeded initialisation, rebuilt identically on resume)."""
+        self.W0 = {l: w.detach().clone() for l in self.own_layers() if (w := self._weight(l)) is not None}
+
+    def _movement_terms(self) -> dict:
+        out = {}
+        for l, w0 in self.W0.items():
+            out[f"mv_num/{l}"] = float(((self._weight(l) - w0) ** 2).sum())
+            out[f"mv_den/{l}"] = float((w0 * w0).sum())
+        return out
+
+    def _movement(self, tot: dict) -> dict:
+        """‖W_l − W_l⁰‖/‖W_l⁰‖ of every layer with weights (layer_movement, 1..L; None for layers
+        without parameters) and its means over the lower and upper half of the hidden layers."""
+        mv = [math.sqrt(tot[f"mv_num/{l}"] / max(tot[f"mv_den/{l}"], 1e-300)) if f"mv_den/{l}" in tot else None
+              for l in range(1, self.L + 1)]
+        half = (self.L - 1) // 2
+        lower = [m for m in mv[:half] if m is not None]
+        upper = [m for m in mv[half:self.L - 1] if m is not None]
+        return {"layer_movement": mv,
+                "movement_lower_half": sum(lower) / len(lower) if lower else 0.0,
+                "movement_upper_half": sum(upper) / len(upper) if upper else 0.0,
+                "movement_output": mv[-1] if mv[-1] is not None else 0.0}
+
     def _local_merit(self) -> dict:
         out = dict(self._merit_terms(), succ_sq=self.succ_sq, bres_sq=0.0, bref_sq=0.0,
                    z_sq=sum(float((t * t).sum()) for t in self._owned_tensors()))
@@ -183,6 +213,7 @@ class RegionTrainer(Trainer):
                                               if self.ds.task == "classification"
                                               else ["train_mse", "test_mse", "train_r2", "test_r2"])
         local.update({k: scores.get(k, 0.0) for k in keys})
+        local.update(self._movement_terms_all())
         tot = self.comm.reduce_scalars(local) if self.P > 1 else local
         out = {k: tot[k] for k in keys}
         out["lagrangian"] = tot["lagrangian"]
@@ -193,12 +224,33 @@ class RegionTrainer(Trainer):
             out["boundary_residual"] = math.sqrt(tot["bres_sq"] / max(tot["bref_sq"], 1e-300))
         tol = self.cfg.radmm.tol
         out["converged"] = float(tol > 0 and out["successive_diff"] < tol)
+        out.update(self._movement(tot))
+        out.update(self._extra_metrics(tot))
+        self._keep_best(out)
+        return out
+
+    def _extra_metrics(self, tot: dict) -> dict:
+        """A trainer's own reduced quantities (its _merit_terms keys beyond the common ones)."""
+        return {}
+
+    def _movement_terms_all(self) -> dict:
+        """Movement terms with a key for every layer on every rank (the reduction needs the same
+        keys everywhere): zeros for the layers this rank does not own."""
+        out = {f"mv_{k}/{l}": 0.0 for l in range(1, self.L + 1) for k in ("num", "den")
+               if self._has_weights(l)}
+        out.update(self._movement_terms())
+        return out
+
+    def _has_weights(self, l: int) -> bool:
+        return True
+
+    def _keep_best(self, out: dict) -> None:
+        """keep_best: the iterate with the lowest forward-pass training loss at a logging interval."""
         if self.cfg.radmm.keep_best:
             if out["train_loss"] < self.best_loss:   # a reduced value: the same on every rank
                 self.best_loss = out["train_loss"]
                 self.best_W = {l: w.clone() for l in self.own_layers() if (w := self._weight(l)) is not None}
             out["best_train_loss"] = self.best_loss
-        return out
 
     # ---- export --------------------------------------------------------------------------------
     def _export_W(self, l: int) -> Optional[torch.Tensor]:
@@ -250,14 +302,14 @@ class RegionTrainer(Trainer):
 
     def resume_problem(self, manifest: dict) -> Optional[str]:
         P_old = manifest["world_size"]
-        if self.schedule in ("two-colour", "jacobi") and \
+        if self.schedule in DISTRIBUTED and \
                 manifest["partition"] != [list(r) for r in partition_hidden(self.L - 1, P_old)]:
             return (f"layer partition {manifest['partition']} does not match {P_old} ranks and "
                     f"{self.L - 1} hidden layers")
         return None
 
     def elastic_resume(self) -> bool:
-        return self.schedule in ("two-colour", "jacobi")
+        return self.schedule in DISTRIBUTED
 
     def remap_state(self, manifest: dict, old_state) -> Dict[str, np.ndarray]:
         """This rank's state for its region, from the old ranks' states (old_state(j)).
