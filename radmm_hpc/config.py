@@ -102,7 +102,7 @@ class RadmmCfg:
     # anchored variant only
     microbatches: int = 0         # column chunks per pipelined pass (0 = 4 per rank, 1 on one rank)
     grow: float = 2.0             # a step that raised the objective is undone, the penalties ×grow
-    relax: float = 0.95           # after an accepted step the penalties ×relax
+    relax: float = 0.9            # after an accepted step the penalties ×relax
     trust: float = 0.1            # a hidden block's step is at most trust·‖W_l‖ (0 = no bound)
     val_fraction: float = 0.1     # training share held out to choose the exported iterate (0: the
                                   # last accepted one, the lowest training objective)

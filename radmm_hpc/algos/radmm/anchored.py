@@ -66,6 +66,7 @@ class _Group:
     def __init__(self, kind: str, module: nn.Module, w_slice: slice, b_slice: Optional[slice], rows: int):
         self.kind, self.module, self.w, self.b, self.rows = kind, module, w_slice, b_slice, rows
         self.acc: Optional[Tensor] = None      # Σ x xᵀ of the anchor pass being run
+        self.per = 1                            # positions per sample (a convolution's output size)
 
     def add_input(self, x: Tensor) -> None:
         m = self.module
@@ -76,13 +77,16 @@ class _Group:
             dims = [0] + list(range(2, x.dim()))
             s2, s1 = (xh * xh).sum(dims), xh.sum(dims)
             cnt = torch.full_like(s1, float(xh.numel() // xh.shape[1]))
+            self.per = xh.numel() // (xh.shape[0] * xh.shape[1])
             G = torch.stack([torch.stack([s2, s1], -1), torch.stack([s1, cnt], -1)], -2)   # C×2×2
         else:
+            n = x.shape[0]
             if self.kind == "conv":
                 x = F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride)       # n × k × P
                 x = x.transpose(1, 2).reshape(-1, x.shape[1])
             else:
                 x = x.reshape(-1, x.shape[-1])
+            self.per = x.shape[0] // max(n, 1)
             x = x.double()
             if self.b is not None:
                 x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], 1)
@@ -134,11 +138,13 @@ def _groups(layer) -> List[_Group]:
 
 
 def _block_step(g: _Group, W: Tensor, grad: Tensor, G: Tensor, pen: float, omega: float, Nlam: float) -> Tensor:
-    """The exact proximal W step of one linear map: −(∇ + NλW)(pen·G + (ω + Nλ)I)⁻¹ (float64)."""
+    """The exact proximal W step of one linear map: −(∇ + NλW)(pen·G/p + (ω + Nλ)I)⁻¹ (float64),
+    p the positions per sample: a convolution's penalty is a mean over its output positions as
+    well as over samples, so that one γ suits dense and convolutional layers."""
     Wm, Gm = g.as_matrix(W).double(), g.as_matrix(grad).double()
     B = -(Gm + Nlam * Wm)
     eye = torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
-    A = pen * G + (omega + Nlam) * eye
+    A = (pen / g.per) * G + (omega + Nlam) * eye
     if g.kind == "norm":                                      # C independent 2×2 systems
         return torch.linalg.solve(A, B.unsqueeze(-1)).squeeze(-1)
     return _solve_right_spd(B, A)
