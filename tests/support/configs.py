@@ -20,7 +20,7 @@ def tiny_cfg(run_dir, algo="radmm", schedule="serial", iters=10, every=0, depth=
     cfg.train.progress_seconds = 1e9
     cfg.model.width, cfg.model.depth = 8, depth
     cfg.data.name, cfg.data.n_samples = "synthetic-regression", 64
-    cfg.radmm.schedule = schedule
+    cfg.radmm.variant, cfg.radmm.schedule = "proximal", schedule   # the paper variant (radmm__variant to change)
     cfg.backprop.batch_size = 16
     cfg.checkpoint.every, cfg.checkpoint.keep = every, keep
     for k, v in extra.items():
@@ -37,7 +37,8 @@ def small_cfg(depth=5, width=8, schedule="serial", n=96, **radmm):
     cfg.model.width, cfg.model.depth, cfg.model.init_scale = width, depth, 0.3
     cfg.data.name, cfg.data.n_samples, cfg.data.n_features = "synthetic-regression", n, 4
     cfg.radmm.schedule = schedule
-    radmm = dict(dict(lam=1e-4, gamma=1.0, rho=1.0, beta=2.0, omega=1e-3, beta_b=1.0), **radmm)
+    radmm = dict(dict(variant="proximal", lam=1e-4, gamma=1.0, rho=1.0, beta=2.0, omega=1e-3, beta_b=1.0),
+                 **radmm)
     for k, v in radmm.items():
         setattr(cfg.radmm, k, v)
     return cfg

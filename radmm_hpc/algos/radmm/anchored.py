@@ -59,6 +59,9 @@ from radmm_hpc.data import validation_split
 from radmm_hpc.errors import ConfigError
 
 
+NONE = 1e300     # F_prev / best_val before the first accepted anchor
+
+
 class _Group:
     """One linear map inside a layer, U = W·x, with its slice of the layer's flat weight vector
     and the statistics of its input (Σ x xᵀ, in float64) gathered during the anchor pass."""
@@ -187,9 +190,10 @@ class AnchoredTrainer(LayerNetwork, RegionTrainer):
         self.Wp: Dict[int, Tensor] = {}
         self.G: Dict[int, List[Tensor]] = {}
         self.C: Dict[int, Tensor] = {}
-        self.F_prev, self.scale, self.best_val = math.inf, 1.0, math.inf
+        # "none yet" is a huge finite number: checkpoints hold finite values only
+        self.F_prev, self.scale, self.best_val = NONE, 1.0, NONE
         self.accepted = self.rejected = 0
-        self.last_val = math.nan
+        self.last_val = 0.0
         self._remember_initial()
 
     def _hook(self, g: _Group):
@@ -272,11 +276,11 @@ class AnchoredTrainer(LayerNetwork, RegionTrainer):
         r = self.cfg.radmm
         Fv = loss_sum / self.N + 0.5 * r.lam * wsq
         accept = math.isfinite(Fv) and Fv <= self.F_prev
-        val = val_sum / self.n_val if self.n_val else math.nan
+        val = val_sum / self.n_val if self.n_val else 0.0
         best = accept and (not self.n_val or val < self.best_val)
         scale = self.scale * (r.relax if accept else r.grow)
         return torch.tensor([float(accept), scale, float(best), Fv if accept else self.F_prev,
-                             val if best else self.best_val], dtype=torch.float64)
+                             val if (best and self.n_val) else self.best_val], dtype=torch.float64)
 
     def step(self, it: int) -> None:
         ws = {l: self.layers[l - 1].w.detach().clone().requires_grad_() for l in self.groups}
@@ -293,7 +297,7 @@ class AnchoredTrainer(LayerNetwork, RegionTrainer):
         if accept:
             self.accepted += 1
             if self.last:
-                self.last_val = val_sum / self.n_val if self.n_val else math.nan
+                self.last_val = val_sum / self.n_val if self.n_val else 0.0
             self._dual_pass(graphs)
             for l, gs in self.groups.items():
                 self.Wp[l] = ws[l].detach()
@@ -301,7 +305,7 @@ class AnchoredTrainer(LayerNetwork, RegionTrainer):
                 self.C[l] = ws[l].grad
             if best:
                 self.best_W = {l: w.clone() for l, w in self.Wp.items()}
-                self.best_loss = self.best_val
+                self.best_loss = self.best_val if self.n_val else self.F_prev
         else:
             self.rejected += 1
             if not self.Wp:
@@ -351,21 +355,21 @@ class AnchoredTrainer(LayerNetwork, RegionTrainer):
 
     def _merit_terms(self) -> dict:
         # at an anchor every constraint holds: L_β = the objective F, the primal residual is 0
-        F_last = self.F_prev if (self.last and math.isfinite(self.F_prev)) else 0.0
+        F_last = self.F_prev if (self.last and self.F_prev < NONE) else 0.0
         return {"lagrangian": F_last, "relaxed_objective": F_last, "primal_sq": 0.0,
                 "accepted": float(self.accepted) if self.last else 0.0,
                 "rejected": float(self.rejected) if self.last else 0.0,
-                "val_loss": (self.last_val if self.last and math.isfinite(self.last_val) else 0.0),
+                "val_loss": self.last_val if self.last else 0.0,
                 "penalty_scale": self.scale if self.last else 0.0}
 
     def _extra_metrics(self, tot: dict) -> dict:
         out = {k: tot[k] for k in ("accepted", "rejected", "penalty_scale")}
-        out["val_loss"] = tot["val_loss"] if self.n_val else float("nan")
+        if self.n_val and self.best_val < NONE:
+            out["val_loss"], out["best_val_loss"] = tot["val_loss"], self.best_val
         return out
 
     def _keep_best(self, out: dict) -> None:
         """The choice of the exported iterate happens in step (validation loss at each anchor)."""
-        out["best_val_loss"] = self.best_val if math.isfinite(self.best_val) else float("nan")
 
     # ---- checkpoint state ------------------------------------------------------------------------
     SCALARS = ("F_prev", "scale", "best_val", "accepted", "rejected", "last_val")
