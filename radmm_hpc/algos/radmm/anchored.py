@@ -90,10 +90,9 @@ class _Group:
             else:
                 x = x.reshape(-1, x.shape[-1])
             self.per = x.shape[0] // max(n, 1)
-            x = x.double()
             if self.b is not None:
                 x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], 1)
-            G = x.T @ x
+            G = (x.T @ x).double()        # per chunk in the working precision, summed in float64
         self.acc = G if self.acc is None else self.acc + G
 
     def as_matrix(self, v: Tensor) -> Tensor:
