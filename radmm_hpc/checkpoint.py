@@ -253,7 +253,7 @@ def _config_diff(saved: dict, cfg: dict) -> Optional[str]:
         if not isinstance(old, dict):
             return f"section [{sec}] missing"
         for k, v in table.items():
-            if k in free:
+            if k in free or k not in old:      # not in old: a setting added since it was written
                 continue
             if sec in ("backprop",) and cfg["train"]["algo"] != "backprop":
                 continue

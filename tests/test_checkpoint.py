@@ -36,6 +36,7 @@ from tests.support.configs import tiny_cfg
 RESUMABLE = [("backprop", "serial", {}), ("radmm", "serial", {}),
              ("radmm", "serial-redblack", {"radmm__regions": 2}), ("radmm", "two-colour", {}),
              ("radmm", "jacobi", {}),
+             ("radmm", "pipeline", {"radmm__variant": "anchored", "radmm__trust": 0.0, "radmm__gamma": 0.01}),
              ("mac", "serial", {"mac__iters_per_mu": 3, "mac__variant": "al", "mac__patience": 0})]
 CLI_SMALL = ["--data", "synthetic-regression", "--set", "data.n_samples=64", "--set", "model.width=8",
              "--set", "model.depth=5", "--set", "train.compare=false", "--set", "train.log_every=5",
@@ -306,8 +307,7 @@ def _ranks(proc):
 @pytest.mark.parametrize("ranks", [1, 2])
 def test_sigusr1_checkpoints_and_exits_3_then_resumes(tmp_path, ranks):
     run = tmp_path / "r"
-    args = ["--algo", "radmm", "--set", f"radmm.schedule={'jacobi' if ranks > 1 else 'serial'}",
-            "--run-dir", str(run)] + CLI_SMALL
+    args = ["--algo", "radmm", "--run-dir", str(run)] + CLI_SMALL     # the default: anchored, pipeline
     proc = _launch(args + ["--iters", "1000000", "--checkpoint-every", "50"], ranks)
     _wait_for(run / "latest", proc)
     # MPICH's mpiexec (hydra) forwards SIGUSR1 (and SIGTERM) to every rank
@@ -328,7 +328,7 @@ def test_sigusr1_checkpoints_and_exits_3_then_resumes(tmp_path, ranks):
 
 def test_kill9_one_rank_ends_job_fast_and_last_checkpoint_verifies(tmp_path):
     run = tmp_path / "r"
-    args = ["--algo", "radmm", "--set", "radmm.schedule=jacobi", "--run-dir", str(run),
+    args = ["--algo", "radmm", "--run-dir", str(run),
             "--iters", "1000000", "--checkpoint-every", "20", "--set", "checkpoint.keep=2"] + CLI_SMALL
     proc = _launch(args, 3)
     _wait_for(run / "latest", proc)

@@ -4,13 +4,13 @@ also on another number of ranks."""
 
 import os
 
-import numpy as np
 import pytest
 import torch
 
-from ckpt_helpers import metrics_iters, runtime, same_weights, tiny_cfg, weights
-from conftest import mpi_all, world
-from test_radmm_anchored import anchored_cfg, make
+from tests.support import make_trainer as make
+from tests.support import mpi_all, on_root, runtime, world
+from tests.support.checkpoints import metrics_iters, same_weights, weights
+from tests.support.configs import anchored_cfg, tiny_cfg
 
 REJECTS = dict(gamma=0.01, beta=0.01, trust=0.0)        # steps too long at first: rejections happen
 ANCHORED = dict(radmm__variant="anchored", **{f"radmm__{k}": v for k, v in REJECTS.items()})
@@ -63,11 +63,6 @@ def _train(cfg, comm, resume=None):
     return train(cfg, runtime(comm), resume=resume)
 
 
-def _on_root(fn):
-    comm = world()
-    return comm.bcast(fn() if comm.Get_rank() == 0 else None)
-
-
 @pytest.mark.mpi(min_size=2)
 def test_resume_is_bit_identical(shared_dir):
     comm = world()
@@ -76,7 +71,7 @@ def test_resume_is_bit_identical(shared_dir):
     _train(tiny_cfg(a, iters=20, **kw), comm)
     _train(tiny_cfg(b, iters=10, every=5, **kw), comm)
     _train(tiny_cfg(b, iters=20, **kw), comm, resume="auto")
-    ok = _on_root(lambda: same_weights(weights(a), weights(b))
+    ok = on_root(world(), lambda: same_weights(weights(a), weights(b))
                   and metrics_iters(a) == metrics_iters(b) == [5, 10, 15, 20])
     assert mpi_all(ok)
 
@@ -106,5 +101,5 @@ def test_elastic_resume_continues_the_same_run(shared_dir, direction):
     if sub is not None:
         _train(tiny_cfg(run, iters=20, **kw), sub, resume="auto")
     comm.Barrier()
-    ok = _on_root(lambda: same_weights(weights(run), weights(straight)))
+    ok = on_root(world(), lambda: same_weights(weights(run), weights(straight)))
     assert mpi_all(ok)

@@ -24,10 +24,12 @@ SMALL = ["--data", "synthetic-regression", "--set", "data.n_samples=32", "--set"
 TRGL = ["--algo", "trgl", "--model", "resnet8", "--data", "digits", "--train-subset", "48",
         "--set", "model.base_width=2", "--set", "trgl.batch_size=8", "--set", "trgl.eval_max=16",
         "--set", "train.compare=false", "--set", "train.log_every=2", "--dtype", "float64"]
+# the paper variant at its former defaults (what wrote these checkpoints)
+PAPER = ["--set", "radmm.variant=proximal", "--set", "radmm.gamma=100", "--set", "radmm.lam=0.1"]
 # name -> (ranks that wrote it, ranks that resume it, CLI arguments)
 CASES = {
-    "radmm-jacobi": (2, 1, SMALL + ["--set", "radmm.schedule=jacobi"]),
-    "radmm-general-two-colour": (2, 1, SMALL + ["--set", "radmm.schedule=two-colour",
+    "radmm-jacobi": (2, 1, SMALL + PAPER + ["--set", "radmm.schedule=jacobi"]),
+    "radmm-general-two-colour": (2, 1, SMALL + PAPER + ["--set", "radmm.schedule=two-colour",
                                                 "--set", "radmmconv.general=true"]),
     "backprop": (1, 1, SMALL + ["--algo", "backprop", "--set", "backprop.batch_size=8"]),
     "mac": (1, 1, SMALL + ["--algo", "mac", "--set", "mac.batch_size=8", "--set", "mac.iters_per_mu=2"]),

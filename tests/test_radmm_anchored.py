@@ -7,29 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from radmm_hpc.algos.radmm import AnchoredTrainer, make_trainer
+from radmm_hpc.algos.radmm import AnchoredTrainer
 from radmm_hpc.algos.radmm.anchored import _block_step, _groups
 from radmm_hpc.algos.radmm.engine import Layer
-from radmm_hpc.comm import Comm
 from radmm_hpc.config import Config, ConfigError, validate
-from radmm_hpc.data import load_dataset
-from radmm_hpc.runtime import Runtime
 from radmm_hpc.scoring import output_layer_only_scores
-
-
-def anchored_cfg(depth=6, width=16, data="wine", subset=600, iters=0, **radmm):
-    cfg = Config()
-    cfg.train.dtype = "float64"
-    cfg.model.width, cfg.model.depth = width, depth
-    cfg.data.name, cfg.data.train_subset = data, subset
-    cfg.radmm.variant, cfg.radmm.schedule = "anchored", "serial"
-    for k, v in radmm.items():
-        setattr(cfg.radmm, k, v)
-    return cfg
-
-
-def make(cfg, mpi_comm=None):
-    return make_trainer(cfg, Runtime(comm=Comm(mpi_comm)), load_dataset(cfg.data))
+from tests.support import make_trainer as make
+from tests.support.configs import anchored_cfg
 
 
 def run(tr, iters):
@@ -39,7 +23,7 @@ def run(tr, iters):
 
 
 def test_factory_and_schedule_checks():
-    assert isinstance(make(anchored_cfg(iters=1)), AnchoredTrainer)
+    assert isinstance(make(anchored_cfg()), AnchoredTrainer)
     cfg = anchored_cfg()
     cfg.radmm.schedule = "jacobi"
     with pytest.raises(ConfigError, match="serial or pipeline"):
@@ -101,8 +85,8 @@ def test_w_step_is_the_exact_proximal_step(kind):
     W = torch.cat([p.detach().reshape(-1) for p in mod.parameters()])
     grad = torch.randn_like(W)
     D = _block_step(g, W, grad, g.acc, 2.0, 0.5, 0.1)
-    k = D.shape[1]
-    resid = g.as_matrix(grad) + 0.1 * g.as_matrix(W) + D @ (2.0 * g.acc / g.per + 0.6 * torch.eye(k, dtype=torch.float64))
+    A = 2.0 * g.acc / g.per + 0.6 * torch.eye(D.shape[1], dtype=torch.float64)
+    resid = g.as_matrix(grad) + 0.1 * g.as_matrix(W) + D @ A
     assert float(resid.abs().max()) < 1e-10
     if kind == "conv":
         assert g.per == 9                  # 3×3 output positions per sample

@@ -44,6 +44,18 @@ def small_cfg(depth=5, width=8, schedule="serial", n=96, **radmm):
     return cfg
 
 
+def anchored_cfg(depth=6, width=16, data="wine", subset=600, **radmm):
+    """The anchored RADMM variant, one rank, on a subset of a bundled data set (float64)."""
+    cfg = Config()
+    cfg.train.dtype = "float64"
+    cfg.model.width, cfg.model.depth = width, depth
+    cfg.data.name, cfg.data.train_subset = data, subset
+    cfg.radmm.variant, cfg.radmm.schedule = "anchored", "serial"
+    for k, v in radmm.items():
+        setattr(cfg.radmm, k, v)
+    return cfg
+
+
 def mac_cfg(depth=3, width=8, n=96, **mac):
     cfg = Config()
     cfg.train.algo, cfg.train.dtype, cfg.train.compare = "mac", "float64", False

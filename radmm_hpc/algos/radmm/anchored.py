@@ -58,7 +58,6 @@ from radmm_hpc.comm import TAG
 from radmm_hpc.data import validation_split
 from radmm_hpc.errors import ConfigError
 
-
 NONE = 1e300     # F_prev / best_val before the first accepted anchor
 
 
@@ -207,7 +206,7 @@ class AnchoredTrainer(LayerNetwork, RegionTrainer):
     # ---- one iteration ----------------------------------------------------------------------------
     def _recv_in(self, n: int, tag: int) -> Tensor:
         buf = torch.empty((n, *self.shapes[self.s - 1]), dtype=self.dtype, device=self.device)
-        self._exchange({}, {self.r - 1: [buf]}, tag)
+        self.comm.exchange({}, {self.r - 1: [buf]}, tag)
         return buf
 
     def _region(self, x: Tensor, ws: Dict[int, Tensor]) -> Tensor:
@@ -247,7 +246,7 @@ class AnchoredTrainer(LayerNetwork, RegionTrainer):
             else:
                 graphs.append((x, out, None))
                 with self.timed("exchange"):
-                    self._exchange({self.r + 1: [out.detach()]}, {}, TAG.RADMM_FWD)
+                    self.comm.exchange({self.r + 1: [out.detach()]}, {}, TAG.RADMM_FWD)
         self._collect = False
         for sl in self.val_slices:
             x = self.X[1][sl] if self.first else self._recv_in(sl.stop - sl.start, TAG.RADMM_EVAL)
@@ -256,17 +255,17 @@ class AnchoredTrainer(LayerNetwork, RegionTrainer):
             if self.last:
                 val_sum += self._loss_and_seed(out, self.Y[1][sl])[0]
             else:
-                self._exchange({self.r + 1: [out]}, {}, TAG.RADMM_EVAL)
+                self.comm.exchange({self.r + 1: [out]}, {}, TAG.RADMM_EVAL)
         return graphs, loss_sum, val_sum
 
     def _weight_norm_sq(self) -> float:
         """Σ‖W‖² up to this region (λ > 0 only): one float64 passed along the ranks."""
         acc = torch.zeros(1, dtype=torch.float64)
         if not self.first:
-            self._exchange({}, {self.r - 1: [acc]}, TAG.RADMM_CTRL)
+            self.comm.exchange({}, {self.r - 1: [acc]}, TAG.RADMM_CTRL)
         acc += sum(float((self.layers[l - 1].w.double() ** 2).sum()) for l in self.groups)
         if not self.last:
-            self._exchange({self.r + 1: [acc]}, {}, TAG.RADMM_CTRL)
+            self.comm.exchange({self.r + 1: [acc]}, {}, TAG.RADMM_CTRL)
         return float(acc[0])
 
     def _decide(self, loss_sum: float, val_sum: float, wsq: float) -> Tensor:
@@ -288,9 +287,9 @@ class AnchoredTrainer(LayerNetwork, RegionTrainer):
         with self.timed("exchange"):
             ctl = self._decide(loss_sum, val_sum, wsq) if self.last else torch.zeros(5, dtype=torch.float64)
             if not self.last:
-                self._exchange({}, {self.r + 1: [ctl]}, TAG.RADMM_CTRL)
+                self.comm.exchange({}, {self.r + 1: [ctl]}, TAG.RADMM_CTRL)
             if not self.first:
-                self._exchange({self.r - 1: [ctl]}, {}, TAG.RADMM_CTRL)
+                self.comm.exchange({self.r - 1: [ctl]}, {}, TAG.RADMM_CTRL)
         accept, best = bool(ctl[0]), bool(ctl[2])
         self.scale, self.F_prev, self.best_val = float(ctl[1]), float(ctl[3]), float(ctl[4])
         if accept:
@@ -322,12 +321,12 @@ class AnchoredTrainer(LayerNetwork, RegionTrainer):
             if not self.last:
                 with self.timed("exchange"):
                     seed = torch.empty_like(out)
-                    self._exchange({}, {self.r + 1: [seed]}, TAG.RADMM_BWD)
+                    self.comm.exchange({}, {self.r + 1: [seed]}, TAG.RADMM_BWD)
             with self.timed("compute"):
                 torch.autograd.backward(out, seed)
             if not self.first:
                 with self.timed("exchange"):
-                    self._exchange({self.r - 1: [x.grad]}, {}, TAG.RADMM_BWD)
+                    self.comm.exchange({self.r - 1: [x.grad]}, {}, TAG.RADMM_BWD)
 
     @torch.no_grad()
     def _w_steps(self) -> None:

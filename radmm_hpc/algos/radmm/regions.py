@@ -30,7 +30,6 @@ from radmm_hpc.comm import TAG
 from radmm_hpc.config import radmm_schedule
 from radmm_hpc.errors import CheckpointError, ConfigError
 
-
 DISTRIBUTED = ("two-colour", "jacobi", "pipeline")     # the schedules that spread regions over ranks
 
 
@@ -302,6 +301,11 @@ class RegionTrainer(Trainer):
 
     def resume_problem(self, manifest: dict) -> Optional[str]:
         P_old = manifest["world_size"]
+        # the anchored variant and the paper variants keep different state
+        old = manifest.get("config", {}).get("radmm", {}).get("variant", "proximal")
+        if (old == "anchored") != (self.cfg.radmm.variant == "anchored"):
+            return (f"it was written by radmm.variant = {old} and this run asks for "
+                    f"{self.cfg.radmm.variant}: resume with --set radmm.variant={old}")
         if self.schedule in DISTRIBUTED and \
                 manifest["partition"] != [list(r) for r in partition_hidden(self.L - 1, P_old)]:
             return (f"layer partition {manifest['partition']} does not match {P_old} ranks and "
