@@ -26,7 +26,8 @@ def main():
     ap.add_argument("--data", default="digits")
     ap.add_argument("--subset", type=int, default=512, help="data.train_subset (0 = all)")
     ap.add_argument("--iters", type=int, default=20)
-    ap.add_argument("--schedule", default="jacobi", choices=("jacobi", "two-colour"))
+    ap.add_argument("--schedule", default="pipeline", choices=("pipeline", "jacobi", "two-colour"),
+                    help="pipeline: the anchored variant (the default); jacobi, two-colour: the linearized one")
     ap.add_argument("--set", action="append", default=[], help="extra --set section.key=value")
     args = ap.parse_args()
     print(f"# {args.arch} (base_width {args.width}) on {args.data} (train_subset {args.subset}), "
@@ -41,6 +42,7 @@ def main():
             s = run_summary(["--algo", "radmm", "--model", args.arch, "--data", args.data,
                          "--iters", str(args.iters), "--set", f"model.base_width={args.width}",
                          "--set", f"data.train_subset={args.subset}", "--set", f"radmm.schedule={sched}",
+                         "--set", f"radmm.variant={'anchored' if args.schedule == 'pipeline' else 'linearized'}",
                          "--set", f"train.log_every={args.iters}",
                          "--set", f"train.compare={'true' if P == 1 else 'false'}", *extra],
                         P, os.path.join(tmp, f"p{P}"))

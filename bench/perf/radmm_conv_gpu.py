@@ -64,6 +64,7 @@ def bench_radmm(args, ds, rt):
     cfg = Config()
     cfg.model.arch, cfg.train.dtype = args.arch, args.dtype
     cfg.radmm.schedule = args.schedule if rt.size > 1 else "serial"
+    cfg.radmm.variant = "anchored" if args.schedule == "pipeline" else "linearized"
     cfg.radmmconv.chunk, cfg.radmmconv.aux_memory = args.chunk, args.aux_memory
     reset_peak(rt.device)
     tr = make_trainer(cfg, rt, ds)
@@ -113,7 +114,8 @@ def main():
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--chunk", type=int, default=1024, help="samples per chunk of a RADMM sweep")
     ap.add_argument("--aux-memory", dest="aux_memory", default="auto", choices=("auto", "device", "host"))
-    ap.add_argument("--schedule", default="two-colour", choices=("two-colour", "jacobi"))
+    ap.add_argument("--schedule", default="pipeline", choices=("pipeline", "two-colour", "jacobi"),
+                    help="pipeline: the anchored variant; two-colour, jacobi: the linearized one")
     ap.add_argument("--batch", type=int, default=128, help="backprop minibatch")
     ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"))

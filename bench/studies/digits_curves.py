@@ -25,7 +25,9 @@ def methods(arch: str, width: int, subset: int) -> dict[str, list[str]]:
     net = ["--model", arch, "--data", "digits", "--set", f"model.base_width={width}",
            "--set", f"data.train_subset={subset}", "--set", "train.compare=false"]
     return {
-        "RADMM (serial sweep, linearized)": ["--algo", "radmm", "--set", "radmm.schedule=serial", *net],
+        "RADMM (anchored, the default)": ["--algo", "radmm", "--set", "radmm.schedule=serial", *net],
+        "RADMM (linearized sweep)": ["--algo", "radmm", "--set", "radmm.variant=linearized",
+                                     "--set", "radmm.schedule=serial", *net],
         "TRGL (2 modules, parallel mode)": ["--algo", "trgl", "--set", "trgl.modules=2", *net],
         "end-to-end backprop (Adam, batch 256)": ["--algo", "backprop", *net],
     }
@@ -53,8 +55,8 @@ def main():
             iters = max(15, int(args.seconds / max(probe["time_per_iter_s"], 1e-4)))
             iters -= iters % 15
             s = run_summary([*cli, "--iters", str(iters), "--set", f"train.log_every={iters // 15}"], 1,
-                        os.path.join(tmp, name.split()[0]))
-            curves[name] = (iters, s["wall_s"], curve(os.path.join(tmp, name.split()[0])))
+                        os.path.join(tmp, f"m{len(curves)}"))
+            curves[name] = (iters, s["wall_s"], curve(os.path.join(tmp, f"m{len(curves)}")))
     print(f"# {args.arch} (base width {args.width}), digits, {args.subset} training images, 359 test images; "
           f"one process, one thread; about {args.seconds:.0f} s each")
     print(f"{'method':<40}{'iters':>7}{'wall s':>8}{'acc @25%':>10}{'acc @50%':>10}{'acc @100%':>11}")

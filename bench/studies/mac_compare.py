@@ -35,7 +35,7 @@ def main():
         mac = run_summary(["--algo", "mac", "--iters", "1000", *net, "--set", "train.log_every=1",
                        *sum((["--set", s] for s in args.mac), [])], P, os.path.join(tmp, "mac"))
         wall = mac["wall_s"]
-        schedule = "serial" if P == 1 else "jacobi"
+        schedule = "serial" if P == 1 else "pipeline"      # the default RADMM (anchored)
         probe = run_summary(["--algo", "radmm", "--iters", "5", *net, "--set", "train.compare=false",
                          "--set", f"radmm.schedule={schedule}"], P, os.path.join(tmp, "probe"))
         iters = max(10, int(2 * wall / probe["time_per_iter_s"]))

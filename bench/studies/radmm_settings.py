@@ -39,6 +39,7 @@ def main():
         for n, (g, r, b, o, lam) in enumerate(GRID):
             run = os.path.join(tmp, str(n))
             s = run_summary(["--data", args.data, "--iters", str(args.iters), "--set", "train.compare=false",
+                             "--set", "radmm.variant=proximal", "--set", "radmm.schedule=auto",
                          "--set", f"radmm.gamma={g}", "--set", f"radmm.rho={r}", "--set", f"radmm.beta={b}",
                          "--set", f"radmm.omega={o}", "--set", f"radmm.lam={lam}"], args.ranks, run)
             with open(os.path.join(run, "metrics.jsonl")) as fh:

@@ -53,7 +53,7 @@ def run(ds, order, reset, settings, iters, width, depth, every=10):
     cfg = Config()
     cfg.train.dtype = "float64"
     cfg.model.width, cfg.model.depth = width, depth
-    cfg.radmm.schedule = "serial"
+    cfg.radmm.variant, cfg.radmm.schedule = "proximal", "serial"      # the paper variant's blocks
     for k, v in settings.items():
         setattr(cfg.radmm, k, v)
     tr = make_trainer(cfg, runtime(), ds)
