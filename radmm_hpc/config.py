@@ -102,6 +102,7 @@ class RadmmCfg:
     # anchored variant only
     microbatches: int = 0         # column chunks per pipelined pass (0 = 4 per rank, 1 on one rank)
     grow: float = 2.0             # a step that raised the objective is undone, the penalties ×grow
+                                  # (1: every step is kept; with relax = 1, fixed penalties)
     relax: float = 0.9            # after an accepted step the penalties ×relax
     trust: float = 0.1            # a hidden block's step is at most trust·‖W_l‖ (0 = no bound)
     val_fraction: float = 0.1     # training share held out to choose the exported iterate (0: the
@@ -388,8 +389,8 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     _positive("radmm.regions", r.regions, strict=False)
     _positive("radmm.microbatches", r.microbatches, strict=False)
     _positive("radmm.trust", r.trust, strict=False)
-    if r.grow <= 1:
-        raise ConfigError(f"radmm.grow must be > 1, got {r.grow}")
+    if r.grow < 1:
+        raise ConfigError(f"radmm.grow must be >= 1, got {r.grow}")
     if not 0 < r.relax <= 1:
         raise ConfigError(f"radmm.relax must be in (0, 1], got {r.relax}")
     if not 0 <= r.val_fraction < 1:

@@ -23,7 +23,7 @@ keeps the splitting and the W blocks, and changes what the other blocks do each 
             weight raised until it holds).
 4. penalty  the anchor of the next iteration gives the objective F = ℓ + λ/2‖W‖² of the new
             weights (L_β at a feasible point). If F rose, the step is undone and redone from the
-            same anchor with the penalties scaled by radmm.grow (no new pass needed: the W steps
+            same anchor with the penalties scaled by radmm.grow (1: never undone; no new pass needed: the W steps
             only read the stored sums of step 3); after an accepted step they shrink by
             radmm.relax. F never increases from one accepted iterate to the next.
 
@@ -273,7 +273,7 @@ class AnchoredTrainer(LayerNetwork, RegionTrainer):
         the best iterate so far (validation loss, or every accepted one without a validation share)."""
         r = self.cfg.radmm
         Fv = loss_sum / self.N + 0.5 * r.lam * wsq
-        accept = math.isfinite(Fv) and Fv <= self.F_prev
+        accept = math.isfinite(Fv) and (Fv <= self.F_prev or r.grow == 1)      # grow = 1: keep every step
         val = val_sum / self.n_val if self.n_val else 0.0
         best = accept and (not self.n_val or val < self.best_val)
         scale = self.scale * (r.relax if accept else r.grow)
