@@ -181,9 +181,10 @@ class AnchoredTrainer(LayerNetwork, RegionTrainer):
                 lay.w = None
         self.groups: Dict[int, List[_Group]] = {l: _groups(self.layers[l - 1]) for l in self.own_layers()}
         self._collect = False
-        for gs in self.groups.values():
-            for g in gs:
-                g.module.register_forward_pre_hook(self._hook(g))
+        for l, gs in self.groups.items():
+            if self.layers[l - 1].dense is None:     # a plain matrix is fed by _region itself
+                for g in gs:
+                    g.module.register_forward_pre_hook(self._hook(g))
         # the accepted anchor: its weights, input sums and gradients (the W steps read only these)
         self.Wp: Dict[int, Tensor] = {}
         self.G: Dict[int, List[Tensor]] = {}
@@ -212,7 +213,10 @@ class AnchoredTrainer(LayerNetwork, RegionTrainer):
     def _region(self, x: Tensor, ws: Dict[int, Tensor]) -> Tensor:
         hi = self.L if self.last else self.e
         for l in range(self.s, hi + 1):
-            x = self.layers[l - 1].g(x, ws.get(l))
+            lay = self.layers[l - 1]
+            if self._collect and lay.dense is not None:
+                self.groups[l][0].add_input(x.detach())
+            x = lay.g(x, ws.get(l))
         return x
 
     def _loss_and_seed(self, out: Tensor, Y: Tensor):

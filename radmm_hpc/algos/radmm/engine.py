@@ -55,6 +55,7 @@ class Layer:
         self.names = [n for n, _ in named]
         self.shapes = [p.shape for _, p in named]
         self.w = torch.cat([p.detach().reshape(-1) for _, p in named]).clone() if named else None
+        self.dense = None                     # (out, in) when f is x ↦ x Wᵀ (set by layers.fc_layers)
 
     def params(self, w: Tensor) -> Dict[str, Tensor]:
         out, off = {}, 0
@@ -65,7 +66,10 @@ class Layer:
         return out
 
     def f(self, x: Tensor, w: Optional[Tensor] = None) -> Tensor:
-        return functional_call(self.module, self.params(self.w if w is None else w), (x,))
+        w = self.w if w is None else w
+        if self.dense is not None:        # a plain matrix (the FCResNet): skip functional_call's cost
+            return x @ w.view(self.dense).T
+        return functional_call(self.module, self.params(w), (x,))
 
     def shortcut(self, x: Tensor):
         return 0.0 if self.skip is None else self.skip(x)

@@ -39,6 +39,8 @@ def fc_layers(weights) -> List[Layer]:
     out = [Layer(MatMul(weights[0]), "relu", None)]
     out += [Layer(MatMul(w), "relu", lambda x: x) for w in weights[1:L - 1]]
     out.append(Layer(MatMul(weights[L - 1]), "linear", None))
+    for lay, w in zip(out, weights):
+        lay.dense = tuple(w.shape)
     return out
 
 
