@@ -100,7 +100,8 @@ class RadmmCfg:
                                   # the lowest forward-pass training loss at a logging interval)
     tol: float = 0.0              # stop when the relative successive difference falls below
     # anchored variant only
-    microbatches: int = 0         # column chunks per pipelined pass (0 = 4 per rank, 1 on one rank)
+    microbatches: int = 0         # column chunks per pipelined pass (0: 4 per rank but at least 512
+                                  # columns each, at least one per rank; 1 on one rank)
     grow: float = 2.0             # a step that raised the objective is undone, the penalties ×grow
                                   # (1: every step is kept; with relax = 1, fixed penalties)
     relax: float = 0.9            # after an accepted step the penalties ×relax

@@ -169,7 +169,9 @@ class AnchoredTrainer(LayerNetwork, RegionTrainer):
         self.N, self.n_val = len(fit), len(val)
         store = torch.device("cpu") if self.device.type != "cuda" else self.device
         self.ch = Chunks(self.N, 0, store, self.device, self.dtype)        # scoring (LayerNetwork)
-        m = r.microbatches or (1 if self.P == 1 else 4 * self.P)
+        # enough chunks to keep the pipeline busy (4 per rank), none much below 512 columns (each
+        # chunk costs a fixed overhead per layer)
+        m = r.microbatches or (1 if self.P == 1 else max(self.P, min(4 * self.P, self.N // 512)))
         size = max(1, math.ceil(self.N / m))
         self.fit_slices = [slice(i, min(i + size, self.N)) for i in range(0, self.N, size)]
         self.val_slices = [slice(i, min(i + size, self.n_val)) for i in range(0, self.n_val, size)]
