@@ -88,7 +88,7 @@ def test_node_local_logic_per_node(cluster):
 
 
 def test_main_job_reduced(cluster, tmp_path):
-    """The main job (RADMM, Jacobi, wine, final table) at reduced size on 2 + 2 ranks of two
+    """The main job (RADMM, anchored pipeline, wine, final table) at reduced size on 2 + 2 ranks of two
     nodes: the same network as the job on this host alone, bit for bit."""
     args = ["--iters", "8", "--set", "model.depth=8"]
     proc = run_nodes(cluster, [2, 2, 0], str(tmp_path / "nodes"), args)
@@ -101,6 +101,7 @@ def test_main_job_reduced(cluster, tmp_path):
 
 def test_two_colour_across_nodes_equals_serial_redblack(cluster, tmp_path):
     args = TINY + ["--iters", "6", "--set", "model.depth=7", "--set", "radmm.keep_best=false"]
+    args = args + ["--set", "radmm.variant=proximal"]
     run_nodes(cluster, [1, 1, 1], str(tmp_path / "tc"), args + ["--set", "radmm.schedule=two-colour"])
     run_here(1, str(tmp_path / "rb"), args + ["--set", "radmm.schedule=serial-redblack",
                                               "--set", "radmm.regions=3"])
