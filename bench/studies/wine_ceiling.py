@@ -5,7 +5,7 @@ way — selected ON THE TEST SET, so an optimistic ceiling for any trainer of th
 fair score. Used in docs/radmm.md to judge the main job's R² target.
 
     OMP_NUM_THREADS=1 python -m bench.studies.wine_ceiling [--epochs 300] [--configs 64x34,256x4]
-        [--lrs 1e-3] [--wds 0]
+        [--lrs 1e-3] [--wds 0] [--dedup] [--every 10]
 
 --wds gives AdamW's decoupled weight decay (0 = plain Adam); every (config, lr, wd) is one run.
 """
@@ -28,8 +28,11 @@ def main():
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lrs", default="1e-3", help="learning rates, comma-separated")
     ap.add_argument("--wds", default="0", help="AdamW weight decays, comma-separated (0: Adam)")
+    ap.add_argument("--dedup", action="store_true", help="the split of data.dedup = true")
+    ap.add_argument("--every", type=int, default=10, help="epochs between test evaluations")
     args = ap.parse_args()
     cfg = Config()
+    cfg.data.dedup = args.dedup
     ds = load_dataset(cfg.data)
     X, y = tensors_for(ds, "train", torch.float32, "cpu")
     print(f"{'width':>6}{'depth':>6}{'lr':>8}{'wd':>7}{'best test R2':>14}{'at epoch':>10}{'train R2 then':>15}"
@@ -50,7 +53,7 @@ def main():
                 opt.zero_grad()
                 loss_fn(model(X[idx]), y[idx], ds.task).backward()
                 opt.step()
-            if ep % 10 == 9:
+            if ep % args.every == args.every - 1:
                 s = score_weights([p.detach() for p in model.parameters()], ds, "relu", True)
                 if s["test_r2"] > best[0]:
                     best = (s["test_r2"], ep + 1, s["train_r2"])
