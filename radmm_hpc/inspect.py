@@ -59,9 +59,11 @@ def _model_summary(path: str, fh) -> str:
     a = {k: (v.item() if hasattr(v, "item") and getattr(v, "ndim", 0) == 0 else v) for k, v in fh.attrs.items()}
     count = [0]
 
-    def visit(name, obj):
-        if isinstance(obj, h5py.Dataset) and not name.startswith("preprocess/") and "running_" not in name \
-                and not name.endswith("num_batches_tracked"):
+    def visit(name, obj):   # parameters: not the preprocessing, BatchNorm statistics, or the
+        # FCResNet layout's zero biases of layers 2..L (only layer 1 has a bias)
+        skip = (name.startswith("preprocess/") or "running_" in name or name.endswith("num_batches_tracked")
+                or (name.startswith("layers/") and name.endswith("/bias") and name != "layers/1/bias"))
+        if isinstance(obj, h5py.Dataset) and not skip:
             count[0] += int(obj.size)
     fh.visititems(visit)
     if "arch" not in a:

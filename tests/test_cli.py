@@ -73,7 +73,7 @@ def test_backprop_run_outputs_eval_report_inspect(cli, tmp_path):
     assert abs(float(got["test_r2"]) - summary["test_r2"]) < 1e-4
     proc, _ = cli(["report", str(run)])
     assert proc.returncode == 0, proc.stderr
-    assert (run / "losses.png").stat().st_size > 1000 and (run / "phases.png").is_file()
+    assert (run / "metrics.png").stat().st_size > 1000 and (run / "phases.png").is_file()
     proc, _ = cli(["inspect", str(run / "model.h5")])
     assert proc.returncode == 0 and "layers/1/weight" in proc.stdout
 
