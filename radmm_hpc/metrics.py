@@ -34,7 +34,7 @@ class MetricsLog:
 
 class TensorBoardLog:
     """The numbers of each metrics record as TensorBoard scalars (train.tensorboard, rank 0), in
-    RUN_DIR/tensorboard. A resumed run starts with a purge at the step after its checkpoint, so
+    RUN_DIR/tensorboard. Every run starts with a purge at the step after its checkpoint, so
     that TensorBoard hides the events of the iterations being redone (as metrics.jsonl is trimmed)."""
 
     def __init__(self, path: str, done: int):
@@ -44,7 +44,8 @@ class TensorBoardLog:
             from radmm_hpc.errors import ConfigError
             raise ConfigError("train.tensorboard = true needs the tensorboard package: "
                               "pip install 'radmm_hpc[tensorboard]'") from None
-        self.writer = SummaryWriter(path, purge_step=done + 1 if done else None)
+        # steps start at 1: a fresh run (done = 0) hides whatever an earlier run left there
+        self.writer = SummaryWriter(path, purge_step=done + 1)
 
     def write(self, record: dict) -> None:
         step = int(record["iter"])

@@ -132,6 +132,10 @@ def _metrics_figure(plt, runs: dict, colours: dict, path: str) -> str:
     for ax in list(axes.flat)[len(layout):]:
         ax.set_visible(False)
     fig.suptitle(", ".join(runs) if len(runs) <= 4 else f"{len(runs)} runs")
+    return _save(plt, fig, path)
+
+
+def _save(plt, fig, path: str) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -153,10 +157,7 @@ def _phases_figure(plt, runs: list, path: str) -> str:
         ax.set_title(f"{label}: time per phase and rank")
         ax.set_xticks(range(n_ranks))
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _staleness_figure(plt, runs: list, path: str) -> str:
@@ -168,10 +169,7 @@ def _staleness_figure(plt, runs: list, path: str) -> str:
                       + ("; last bin: ≥ 63)" if last == len(hist) - 1 else ")"), fontsize=8)
         ax.set_ylabel("pushes")
         ax.set_title(f"{label}: staleness ({sum(hist)} pushes)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _summary(run_dir: str) -> dict:
