@@ -82,9 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true",
                    help="delete the run outputs already in --run-dir and start again")
     t.add_argument("--iters", type=int, help="iterations (train.iters; the default depends on --algo)")
-    t.add_argument("--seed", type=int)
-    t.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    t.add_argument("--dtype", choices=("float32", "float64"))
+    t.add_argument("--seed", type=int, help="initialisation and sampling seed (train.seed)")
+    t.add_argument("--device", choices=("auto", "cpu", "cuda"), help="cuda: one GPU per rank (train.device)")
+    t.add_argument("--dtype", choices=("float32", "float64"), help="train.dtype (float64: bit-identical resume)")
     t.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, metavar="N",
                    help="write a checkpoint every N iterations (checkpoint.every; 0 = off)")
     t.add_argument("--resume", metavar="auto|PATH",
