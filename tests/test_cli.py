@@ -108,10 +108,10 @@ def test_eval_errors(cli, tmp_path):
 
 def test_divergence_exits_4_on_every_rank(cli, tmp_path):
     # an absurd learning rate makes backprop's loss overflow to inf/NaN within a few steps
-    args = ["--algo", "backprop", "--run-dir", str(tmp_path / "d")] + SMALL + [
+    args = ["--algo", "backprop"] + SMALL + [
         "--set", "backprop.lr=1e12", "--set", "backprop.optimizer=sgd", "--set", "train.log_every=1"]
     for ranks in (1, 3):
-        proc, secs = cli(args, ranks=ranks, timeout=90)
+        proc, secs = cli(args + ["--run-dir", str(tmp_path / f"d{ranks}")], ranks=ranks, timeout=90)
         assert proc.returncode == 4, (ranks, proc.returncode, proc.stderr[-1500:])
         assert "diverged" in proc.stderr and "Traceback" not in proc.stderr and "Abort" not in proc.stderr
 
