@@ -605,12 +605,12 @@ METHOD_DEFAULTS = {
     # docs/mac.md)
     "radmm": {"train.iters": 60},
     "mac": {"train.iters": 60},
-    # TRGL, resnet20 on digits, 3 ranks: test accuracy 0.98 from about 240 iterations (0.77 at 60)
+    # TRGL, resnet20 on digits, 3 ranks: test accuracy 0.96 at 120 iterations, 0.98 at 180 (0.72 at 60)
     "trgl": {"train.iters": 300},
     # A-SGD, 3 workers: wine-red's test R² peaks near 30 iterations and falls as the 34-layer
     # network overfits (0.37 at 30, 0.20 at 60); a resnet8 on digits is at 0.99 by 15
     "asgd": {"train.iters": 30},
-    # DAP: one iteration is one epoch; eta_scale 0.1 left the objective 0.09 (DAP-SGD) and 0.006
+    # DAP: one iteration is one epoch; eta_scale 0.1 left the objective 0.08 (DAP-SGD) and 0.006
     # (DAP-SVRG) above P* after 40 epochs on wine, 2 workers
     "dapsvrg": {"train.iters": 20, "dap.eta_scale": 0.5},
     "dapsgd": {"train.iters": 20, "dap.eta_scale": 1.0},
