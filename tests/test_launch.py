@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from tests.support import ROOT, run_cli
+from tests.support import ROOT
 
 TINY = ["--algo", "backprop", "--set", "model.width=8", "--set", "model.depth=3", "--set", "train.compare=false"]
 

@@ -332,7 +332,7 @@ def test_array_task_usr2_requeues_only_itself(cluster):
     log0 = open(os.path.join(job.work, f"slurm-array-{final0['JobId']}.out"), errors="replace").read()
     assert final0["Restarts"] == "1" and final0["ExitCode"] == "0:0", (final0, log0)
     assert final1["Restarts"] == "0" and final1["ExitCode"] == "0:0", final1
-    assert f"received SIGUSR2" in log0 and f"scontrol requeue {t0}" in log0, log0
+    assert "received SIGUSR2" in log0 and f"scontrol requeue {t0}" in log0, log0
     assert "resumed from" in log0 and "finished:" in log0, log0
     assert os.path.isfile(os.path.join(job.work, "runs", f"slurm-{t1}", "model.h5"))
 
