@@ -39,7 +39,7 @@ RADMM_HOME=${RADMM_HOME:-${SLURM_SUBMIT_DIR:-$PWD}}
 VENV=${VENV-$RADMM_HOME/.venv}
 RUNS=${RUNS:-${SLURM_SUBMIT_DIR:-$PWD}/runs}
 # this job as scontrol names it: an array task is <array job id>_<task id> (its plain job id
-# would name the whole array when it is the array's first task)
+# would name the whole array for the task that carries the array's id)
 if [ -n "${SLURM_ARRAY_JOB_ID:-}" ] && [ -n "${SLURM_ARRAY_TASK_ID:-}" ]; then
     RADMM_JOB=${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}
 else

@@ -9,8 +9,9 @@ Submits jobs/radmm_cpu.sbatch with a tiny float64 RADMM config and checks:
   - launched with srun and no Slurm PMI, the launcher check stops the N one-rank jobs (status 2,
     one line naming mpirun) and the job is not requeued; one process in a 2-task allocation is
     stopped with a line naming `mpirun -n 2` and `--set train.world_size=1`;
-  - a job array task preempted with SIGUSR2 requeues itself only (`<array id>_<task id>`), not
-    the whole array, and resumes; the other task completes without a restart;
+  - the job array task that carries the array's id, preempted with SIGUSR2, requeues itself only
+    (`<array id>_<task id>`), not the whole array, and resumes; the other task completes without a
+    restart;
   - without OMP_NUM_THREADS, each rank takes --cpus-per-task threads, as its start-up line says;
   - the same preemption round trip for jobs/asgd_gpu.sbatch (deterministic A-SGD, run on CPU);
   - every other method's script (MAC, A-SGD, TRGL, backprop) runs a tiny job to completion.
@@ -308,17 +309,21 @@ def test_threads_from_cpus_per_task_and_startup_line(cluster):
 
 
 def test_array_task_usr2_requeues_only_itself(cluster):
-    """SIGUSR2 (submitit's preemption signal) to task 0 of a 2-task array: task 0 checkpoints,
-    requeues itself as <array id>_0 and resumes; task 1 completes without a restart (a requeue of
-    $SLURM_JOB_ID, which for task 0 is the array's id, would have requeued task 1 as well)."""
+    """SIGUSR2 (submitit's preemption signal) to the task of a 2-task array whose job id is the
+    array's id (Slurm gives the array's id to one of its tasks): that task checkpoints, requeues
+    itself as <array id>_<task id> and resumes; the other task completes without a restart
+    (`scontrol requeue $SLURM_JOB_ID` from that task names the whole array and restarts both)."""
     job = Job(cluster, "radmm_cpu.sbatch", TINY, tag="array", sbatch_opts=("--array=0-1",))
-    t0, t1 = f"{job.id}_0", f"{job.id}_1"
-    run0 = os.path.join(job.work, "runs", f"slurm-{t0}")
+    tasks = [f"{job.id}_0", f"{job.id}_1"]
+    running = {t: cluster.wait_for(t, {"RUNNING"}, timeout=90) for t in tasks}
+    target = next(t for t in tasks if running[t]["JobId"] == running[t]["ArrayJobId"])
+    other = next(t for t in tasks if t != target)
+    run = os.path.join(job.work, "runs", f"slurm-{target}")
     deadline = time.monotonic() + 90
-    while not os.path.exists(os.path.join(run0, "latest")):
-        assert time.monotonic() < deadline, f"no checkpoint of task 0 after 90 s: {cluster.job(t0)}"
+    while not os.path.exists(os.path.join(run, "latest")):
+        assert time.monotonic() < deadline, f"no checkpoint of {target} after 90 s: {cluster.job(target)}"
         time.sleep(0.1)
-    cluster.cmd("scancel", "--signal=USR2", "--batch", t0)
+    cluster.cmd("scancel", "--signal=USR2", "--batch", target)
     t_requeued = [None]
 
     def no_begin_delay(info):
@@ -326,15 +331,15 @@ def test_array_task_usr2_requeues_only_itself(cluster):
             t_requeued[0] = time.monotonic()
         if (info.get("JobState") == "PENDING" and info.get("Reason") == "BeginTime" and t_requeued[0]
                 and time.monotonic() - t_requeued[0] > 2.0):
-            cluster.cmd("scontrol", "update", f"JobId={t0}", "StartTime=now", check=False)
-    final0 = cluster.wait_for(t0, {"COMPLETED"}, timeout=180, on_poll=no_begin_delay)
-    final1 = cluster.wait_for(t1, {"COMPLETED"}, timeout=120)
-    log0 = open(os.path.join(job.work, f"slurm-array-{final0['JobId']}.out"), errors="replace").read()
-    assert final0["Restarts"] == "1" and final0["ExitCode"] == "0:0", (final0, log0)
-    assert final1["Restarts"] == "0" and final1["ExitCode"] == "0:0", final1
-    assert "received SIGUSR2" in log0 and f"scontrol requeue {t0}" in log0, log0
-    assert "resumed from" in log0 and "finished:" in log0, log0
-    assert os.path.isfile(os.path.join(job.work, "runs", f"slurm-{t1}", "model.h5"))
+            cluster.cmd("scontrol", "update", f"JobId={target}", "StartTime=now", check=False)
+    final = cluster.wait_for(target, {"COMPLETED"}, timeout=180, on_poll=no_begin_delay)
+    final_other = cluster.wait_for(other, {"COMPLETED"}, timeout=120)
+    log = open(os.path.join(job.work, f"slurm-array-{running[target]['JobId']}.out"), errors="replace").read()
+    assert final["Restarts"] == "1" and final["ExitCode"] == "0:0", (final, log)
+    assert final_other["Restarts"] == "0" and final_other["ExitCode"] == "0:0", final_other
+    assert "received SIGUSR2" in log and f"scontrol requeue {target}" in log, log
+    assert "resumed from" in log and "finished:" in log, log
+    assert os.path.isfile(os.path.join(job.work, "runs", f"slurm-{other}", "model.h5"))
 
 
 def test_scancel_checkpoints_and_is_not_requeued(cluster):
