@@ -22,8 +22,16 @@ import tempfile
 import traceback
 
 from radmm_hpc import __version__
-from radmm_hpc.config import (Config, apply_table, build_config, described_comments, load_toml,
-                              parse_set, render_toml, set_value)
+from radmm_hpc.config import (
+    Config,
+    apply_table,
+    build_config,
+    described_comments,
+    load_toml,
+    parse_set,
+    render_toml,
+    set_value,
+)
 from radmm_hpc.errors import EXIT_INTERNAL, CollectiveError, ConfigError, Preempted, UserError
 
 COMMANDS = ("train", "eval", "report", "inspect", "export")
@@ -51,7 +59,8 @@ class _TopParser(_Parser):
     def format_help(self):
         text = super().format_help()
         if self.train_parser is not None:
-            text += "\ntraining (the default command; `radmm-hpc --algo trgl ...` = `radmm-hpc train --algo trgl ...`):\n\n"
+            text += ("\ntraining (the default command; `radmm-hpc --algo trgl ...` = "
+                     "`radmm-hpc train --algo trgl ...`):\n\n")
             text += self.train_parser.format_help()
         return text
 
@@ -310,8 +319,15 @@ def _abort(rt, code: int) -> None:
 
 
 def cmd_train(args, rt) -> int:
-    from radmm_hpc.runtime import (agree, bind_device, check_world_size, on_root, pin_threads,
-                                   set_determinism, startup_lines)
+    from radmm_hpc.runtime import (
+        agree,
+        bind_device,
+        check_world_size,
+        on_root,
+        pin_threads,
+        set_determinism,
+        startup_lines,
+    )
     if args.resume not in (None, "auto") and not args.run_dir:
         # resuming a named checkpoint: keep writing into its run directory
         args.run_dir = os.path.dirname(os.path.normpath(args.resume.removesuffix("manifest.json")))
@@ -376,6 +392,7 @@ def _eval_data(cfg, attrs, preprocess):
 
 def _eval_named(cfg, model_path) -> int:
     import torch
+
     from radmm_hpc.modelio import load_named_params, load_preprocess
     from radmm_hpc.models import build_model
     from radmm_hpc.scoring import score_model

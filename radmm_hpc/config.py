@@ -57,7 +57,8 @@ class ModelCfg:
 
 @dataclass
 class DataCfg:
-    name: str = "wine"            # wine | wine-red | wine-white | digits | csv:PATH | hdf5:PATH | mnist:DIR | cifar10:DIR | synthetic-regression | synthetic-classification
+    name: str = "wine"            # wine | wine-red | wine-white | digits | csv:PATH | hdf5:PATH | mnist:DIR |
+                                  # cifar10:DIR | synthetic-regression | synthetic-classification
     test_fraction: float = 0.2    # share of the samples held out as the test split (when the data has none)
     split_seed: int = 0           # seed of the train/test permutation
     task: str = "auto"            # auto | regression | classification (for csv/hdf5)

@@ -114,8 +114,9 @@ def git_revision() -> dict | None:
 
 def run_metadata(rt, argv, resumed: dict | None) -> dict:
     """What run.json holds for one start of the run (rank 0; rt.ranks from startup_lines)."""
-    from radmm_hpc.runtime import mpi_library
     import torch
+
+    from radmm_hpc.runtime import mpi_library
     cuda = torch.version.cuda if torch.cuda.is_available() else None
     return {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": list(argv or []),
             "command": " ".join([os.path.basename(sys.executable), "-m", "radmm_hpc", *(argv or [])]),

@@ -12,7 +12,6 @@ import torch
 from radmm_hpc.comm import MPI, Comm, CommTimeout
 from radmm_hpc.errors import CollectiveError, ConfigError, UserError
 
-
 # preemption signals: Slurm's --signal (USR1 in jobs/), submitit's USR2, scancel's TERM
 PREEMPT_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
 

@@ -219,7 +219,8 @@ def test_inspect_starts_with_a_summary(cli, red_run, digits_run):
     proc, _ = cli(["inspect", str(red_run)])
     assert proc.returncode == 0
     first, second = proc.stdout.splitlines()[:2]
-    assert first.startswith(f"{red_run}: backprop on wine-red (fcresnet), 40 iterations on 1 rank(s)") and "test_r2" in first
+    assert first.startswith(f"{red_run}: backprop on wine-red (fcresnet), 40 iterations on 1 rank(s)"), first
+    assert "test_r2" in first
     assert "fcresnet 3 hidden layers x 8 units, 11 inputs -> 1 output(s) (regression)" in second
     n_params = 8 * 12 + 2 * 8 * 8 + 8
     assert f"{n_params:,} parameters" in second, second

@@ -61,7 +61,8 @@ def test_torchrun_is_refused_with_one_line(tmp_path):
     proc = _torchrun(TINY + ["--run-dir", str(tmp_path / "run"), "--iters", "3"])
     ours = [ln for ln in proc.stderr.splitlines() if ln.startswith("radmm-hpc: error:")]
     assert proc.returncode != 0, proc.stderr[-2000:]
-    assert len(ours) == 1 and "torchrun started 2 processes" in ours[0] and "mpirun -n 2" in ours[0], proc.stderr[-3000:]
+    assert len(ours) == 1, proc.stderr[-3000:]
+    assert "torchrun started 2 processes" in ours[0] and "mpirun -n 2" in ours[0], ours
     assert not (tmp_path / "run").exists()
 
 

@@ -29,13 +29,15 @@ def test_every_method_has_its_defaults_and_flags_win(tmp_path):
     for algo in ("radmm", "mac", "trgl", "asgd", "dapsvrg", "dapsgd", "backprop"):
         assert "train.iters" in METHOD_DEFAULTS[algo], algo
     world = {"asgd": 3, "dapsvrg": 3, "dapsgd": 3}
-    for algo, model in (("trgl", "resnet20"), ("dapsgd", "fcresnet"), ("backprop", "fcresnet"), ("backprop", "resnet8")):
+    for algo, model in (("trgl", "resnet20"), ("dapsgd", "fcresnet"), ("backprop", "fcresnet"),
+                        ("backprop", "resnet8")):
         cfg = resolve_config(parse_args(["--algo", algo, "--model", model]), world.get(algo, 1))
         want = method_defaults(algo, model)
         for key, value in want.items():
             sec, name = key.split(".")
             assert getattr(getattr(cfg, sec), name) == value, (algo, key)
-    assert method_defaults("backprop", "resnet8")["train.iters"] != method_defaults("backprop", "fcresnet")["train.iters"]
+    conv, dense = method_defaults("backprop", "resnet8"), method_defaults("backprop", "fcresnet")
+    assert conv["train.iters"] != dense["train.iters"]
     # a --config file and flags override the per-method defaults
     toml = tmp_path / "c.toml"
     toml.write_text("[train]\niters = 7\n[dap]\neta_scale = 0.2\n")
@@ -60,7 +62,7 @@ def test_default_gives_a_useful_model(cli, tmp_path, algo, ranks, args, key, thr
     if algo in SUBOPTIMALITY:
         last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
         assert last["suboptimality"] < SUBOPTIMALITY[algo], last["suboptimality"]
-    from radmm_hpc.config import method_defaults    # the run had the method's own default
+    from radmm_hpc.config import method_defaults  # the run had the method's own default
     model = args[args.index("--model") + 1] if "--model" in args else "fcresnet"
     iters = method_defaults(algo, model)["train.iters"]
     assert summary["iters"] == iters or (algo == "mac" and summary["iters"] <= iters), summary["iters"]

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 
-
 from tests.support import ROOT
 
 TINY = ["--algo", "backprop", "--set", "model.width=8", "--set", "model.depth=3", "--set", "train.compare=false",
