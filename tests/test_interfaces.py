@@ -204,8 +204,9 @@ def test_report_one_panel_per_quantity_runs_overlaid(cli, red_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     layout = panels({"bp": read_metrics(str(red_run)), "radmm": read_metrics(str(radmm))})
     assert list(layout)[:3] == ["loss", "r2", "mse"]               # the scores first, one panel each
+    # anchored RADMM also logs the loss on its validation share (dotted in the same panel)
     assert set(layout["loss"]) == {("bp", "train_loss"), ("bp", "test_loss"),
-                                   ("radmm", "train_loss"), ("radmm", "test_loss")}
+                                   ("radmm", "train_loss"), ("radmm", "test_loss"), ("radmm", "val_loss")}
     assert layout["lagrangian"] == [("radmm", "lagrangian")]       # objectives apart from the scores
     out = tmp_path / "cmp"
     proc, _ = cli(["report", str(red_run), str(radmm), "--out", str(out)])
