@@ -10,6 +10,8 @@ FC = ["--set", "model.width=16", "--set", "model.depth=6"]
 # (algo, ranks, arguments at a reduced size, score, threshold); each at its default iterations
 CASES = [
     ("radmm", 2, ["--data", "wine", *FC, "--train-subset", "1000"], "test_r2", 0.15),
+    ("radmm", 2, ["--model", "resnet8", "--data", "digits", "--set", "model.base_width=4",
+                  "--train-subset", "600"], "test_accuracy", 0.8),
     ("mac", 2, ["--data", "wine", *FC, "--train-subset", "1000"], "test_r2", 0.12),
     ("trgl", 3, ["--model", "resnet20", "--data", "digits", "--set", "model.base_width=4"], "test_accuracy", 0.85),
     ("asgd", 3, ["--data", "wine-red", *FC], "test_r2", 0.25),
