@@ -122,7 +122,9 @@ def _metrics_figure(plt, runs: dict, colours: dict, path: str) -> str:
             split = quantity(key)[1]
             name = label if len(runs) > 1 else ""
             name = f"{name} {split}".strip() if split else (name or key)
-            ax.plot(its, vals, SPLITS.get(split, "-"), color=colours[label], label=name)
+            marker = "o" if len(its) <= 30 else None      # a line of one point would not show
+            ax.plot(its, vals, SPLITS.get(split, "-"), color=colours[label], label=name, marker=marker,
+                    markersize=3)
         if lo > 0 and hi > 20 * lo and panel not in ("r2", "accuracy"):   # spans decades
             ax.set_yscale("log")
         ax.set_title(TITLES.get(panel, panel))
@@ -132,11 +134,11 @@ def _metrics_figure(plt, runs: dict, colours: dict, path: str) -> str:
     for ax in list(axes.flat)[len(layout):]:
         ax.set_visible(False)
     fig.suptitle(", ".join(runs) if len(runs) <= 4 else f"{len(runs)} runs")
-    return _save(plt, fig, path)
+    return _save(plt, fig, path, top=1 - 0.4 / fig.get_figheight())   # room for the title
 
 
-def _save(plt, fig, path: str) -> str:
-    fig.tight_layout()
+def _save(plt, fig, path: str, top: float = 1.0) -> str:
+    fig.tight_layout(rect=(0, 0, 1, top))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
