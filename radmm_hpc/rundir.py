@@ -88,8 +88,9 @@ def _versions() -> dict:
     from importlib import metadata
 
     from radmm_hpc import __version__
+    from radmm_hpc.runtime import MPI_PACKAGES
     out = {"radmm_hpc": __version__, "python": platform.python_version()}
-    for pkg in ("torch", "numpy", "mpi4py", "h5py", "mpich"):
+    for pkg in ("torch", "numpy", "h5py", *MPI_PACKAGES):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

@@ -172,6 +172,10 @@ def startup_lines(rt: Runtime) -> list:
             f"{r['threads']} thread{'s' if r['threads'] != 1 else ''}" for r in gather_ranks(rt)]
 
 
+# the MPI binding and the pip MPI library, whose versions run.json records
+MPI_PACKAGES = ("mpi4py", "mpich")
+
+
 def mpi_library() -> str:
     """The MPI library's own version line (or 'none' without MPI)."""
     if MPI is None:
