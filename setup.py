@@ -26,6 +26,8 @@ setup(
                  "import-linter>=2.17"],
         "plots": ["matplotlib>=3.5"],
         "digits": ["scikit-learn>=1.0"],
+        "tensorboard": ["tensorboard>=2.10"],       # train.tensorboard = true
+        "export": ["safetensors>=0.4"],             # radmm-hpc export --format safetensors
     },
     entry_points={"console_scripts": ["radmm-hpc=radmm_hpc.cli:main"]},
 )

@@ -5,13 +5,17 @@
 #     scripts/setup-env.sh); mpirun/mpiexec and python come from it (pip MPICH);
 #   - runs `mpirun -n $SLURM_NTASKS python -m radmm_hpc ARGS --run-dir $RUN_DIR --resume auto
 #     --set train.world_size=$SLURM_NTASKS` in the background and waits for it;
-#     RUN_DIR = $RUNS/slurm-$SLURM_JOB_ID (the job id is stable across requeues, so a requeued job
-#     resumes from the newest good checkpoint of its own run directory);
-#   - traps USR1 (sent by `#SBATCH --signal=B:USR1@...` or `scancel --signal=USR1 --batch`) and TERM
-#     in the batch shell and forwards them to the launcher, which forwards them to every rank; the
-#     ranks agree, write a checkpoint and exit with status 3;
-#   - on status 3 after USR1 runs `scontrol requeue $SLURM_JOB_ID` (the job needs `#SBATCH --requeue`),
-#     so the job goes back to the queue and continues where it stopped; at most $MAX_RESTARTS times.
+#     RUN_DIR = $RUNS/slurm-$SLURM_JOB_ID, or $RUNS/slurm-<array job id>_<task id> for a job array
+#     task (stable across requeues, so a requeued job resumes from the newest good checkpoint of its
+#     own run directory);
+#   - traps USR1 (sent by `#SBATCH --signal=B:USR1@...` or `scancel --signal=USR1 --batch`), USR2
+#     (submitit's preemption signal) and TERM in the batch shell and forwards them to the launcher
+#     (USR2 as USR1), which forwards them to every rank; the ranks agree, write a checkpoint and exit
+#     with status 3 (the ranks handle USR1, USR2 and TERM alike when they get them directly);
+#   - on status 3 after USR1/USR2 runs `scontrol requeue` on this job (the job needs
+#     `#SBATCH --requeue`): $SLURM_JOB_ID, or `<array job id>_<task id>` for an array task, so that
+#     one task never requeues the whole array; the job goes back to the queue and continues where it
+#     stopped; at most $MAX_RESTARTS times.
 #     After TERM (scancel, time limit, node shutdown) it checkpoints but does not requeue: requeueing
 #     would undo a user's scancel.
 #
@@ -20,19 +24,28 @@
 #   RADMM_HOME    repository root (default: $SLURM_SUBMIT_DIR, i.e. submit from the repository root)
 #   VENV          Python environment to activate (default: $RADMM_HOME/.venv; "" = use PATH as is)
 #   RUNS          parent of the run directories (default: $SLURM_SUBMIT_DIR/runs)
-#   RUN_DIR       the run directory (default: $RUNS/slurm-$SLURM_JOB_ID)
+#   RUN_DIR       the run directory (default: $RUNS/slurm-$SLURM_JOB_ID; array tasks:
+#                 $RUNS/slurm-${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID})
 #   LAUNCHER      "mpirun" (default: mpirun -n $SLURM_NTASKS from $VENV) or "srun" (needs an MPI
 #                 built with Slurm's PMI, see docs/slurm.md)
 #   MPIRUN_FLAGS  extra launcher flags (e.g. "-launcher fork" for hydra on one node)
 #   MAX_RESTARTS  requeue at most this many times (default 50); then exit 3 and stay finished
-#   OMP_NUM_THREADS threads per rank (default: $SLURM_CPUS_PER_TASK, else 1)
+#   OMP_NUM_THREADS threads per rank (default: $SLURM_CPUS_PER_TASK, else 1; the application
+#                 itself also takes SLURM_CPUS_PER_TASK when OMP_NUM_THREADS is unset)
 
 _radmm_log() { echo "[radmm-job $(date '+%F %T')] $*" >&2; }
 
 RADMM_HOME=${RADMM_HOME:-${SLURM_SUBMIT_DIR:-$PWD}}
 VENV=${VENV-$RADMM_HOME/.venv}
 RUNS=${RUNS:-${SLURM_SUBMIT_DIR:-$PWD}/runs}
-RUN_DIR=${RUN_DIR:-$RUNS/slurm-${SLURM_JOB_ID:-interactive}}
+# this job as scontrol names it: an array task is <array job id>_<task id> (its plain job id
+# would name the whole array for the task that carries the array's id)
+if [ -n "${SLURM_ARRAY_JOB_ID:-}" ] && [ -n "${SLURM_ARRAY_TASK_ID:-}" ]; then
+    RADMM_JOB=${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}
+else
+    RADMM_JOB=${SLURM_JOB_ID:-interactive}
+fi
+RUN_DIR=${RUN_DIR:-$RUNS/slurm-$RADMM_JOB}
 LAUNCHER=${LAUNCHER:-mpirun}
 MPIRUN_FLAGS=${MPIRUN_FLAGS:-}
 MAX_RESTARTS=${MAX_RESTARTS:-50}
@@ -50,10 +63,10 @@ fi
 
 _RADMM_PID=
 _RADMM_TERM=   # set when the batch shell got SIGTERM: scancel, time limit, node shutdown: no requeue
-_radmm_forward() {   # $1 = signal name; the launcher forwards it to every rank
+_radmm_forward() {   # $1 = signal received, $2 = signal sent on; the launcher forwards it to every rank
     [ "$1" = TERM ] && _RADMM_TERM=1
-    _radmm_log "received SIG$1: forwarding to the launcher (pid ${_RADMM_PID:-none}); the ranks checkpoint and exit 3"
-    [ -n "$_RADMM_PID" ] && kill "-$1" "$_RADMM_PID" 2>/dev/null
+    _radmm_log "received SIG$1: forwarding SIG$2 to the launcher (pid ${_RADMM_PID:-none}); the ranks checkpoint and exit 3"
+    [ -n "$_RADMM_PID" ] && kill "-$2" "$_RADMM_PID" 2>/dev/null
 }
 
 # radmm_run ARGS...: train with ARGS (any `python -m radmm_hpc train` flags). Never returns: exits
@@ -61,7 +74,7 @@ _radmm_forward() {   # $1 = signal name; the launcher forwards it to every rank
 radmm_run() {
     local ntasks=${SLURM_NTASKS:?radmm_run: SLURM_NTASKS is not set (run this under sbatch)}
     mkdir -p "$RUN_DIR"
-    _radmm_log "job ${SLURM_JOB_ID:-?} restart ${SLURM_RESTART_COUNT:-0} on ${SLURM_JOB_NODELIST:-?}:" \
+    _radmm_log "job $RADMM_JOB restart ${SLURM_RESTART_COUNT:-0} on ${SLURM_JOB_NODELIST:-?}:" \
         "$ntasks ranks, $OMP_NUM_THREADS thread(s) each, run dir $RUN_DIR, python $(command -v python)"
     local cmd
     case "$LAUNCHER" in
@@ -72,8 +85,10 @@ radmm_run() {
     # shellcheck disable=SC2206
     cmd+=($MPIRUN_FLAGS python -m radmm_hpc train "$@" --run-dir "$RUN_DIR" --resume auto
           --set "train.world_size=$ntasks")
-    trap '_radmm_forward USR1' USR1
-    trap '_radmm_forward TERM' TERM
+    # USR2 goes on as USR1, which every launcher forwards (the ranks treat both alike)
+    trap '_radmm_forward USR1 USR1' USR1
+    trap '_radmm_forward USR2 USR1' USR2
+    trap '_radmm_forward TERM TERM' TERM
     _radmm_log "${cmd[*]}"
     "${cmd[@]}" &
     _RADMM_PID=$!
@@ -110,8 +125,8 @@ radmm_run() {
                     "resume by hand with RUN_DIR=$RUN_DIR"
                 exit 3
             fi
-            _radmm_log "preempted (status 3), checkpoint written: scontrol requeue $SLURM_JOB_ID"
-            if scontrol requeue "$SLURM_JOB_ID"; then
+            _radmm_log "preempted (status 3), checkpoint written: scontrol requeue $RADMM_JOB"
+            if scontrol requeue "$RADMM_JOB"; then
                 # Slurm now ends this run of the batch script and queues the job again
                 exit 0
             fi
@@ -121,7 +136,7 @@ radmm_run() {
         4) _radmm_log "diverged (status 4): the last good checkpoint is kept in $RUN_DIR" ;;
         5) _radmm_log "a peer stopped answering (status 5: a node died or its network failed;" \
                "comm.timeout_s): continue from the last checkpoint with RUN_DIR=$RUN_DIR sbatch ..." ;;
-        *) _radmm_log "failed with status $status (1 = internal error: radmm-hpc-error-rank*.log in $PWD)" ;;
+        *) _radmm_log "failed with status $status (1 = internal error: radmm-hpc-error-rank*.log in $RUN_DIR)" ;;
     esac
     exit "$status"
 }

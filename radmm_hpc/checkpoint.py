@@ -59,7 +59,7 @@ LATEST = "latest"
 CKPT_RE = re.compile(r"^ckpt-(\d{6,})$")
 # settings that do not change the trajectory and may differ between a run and its resume
 _FREE_KEYS = {"train": {"iters", "device", "deterministic", "log_every", "progress_seconds", "run_dir",
-                        "world_size", "compare"},
+                        "world_size", "compare", "tensorboard"},
               "radmm": {"tol"}, "checkpoint": None, "comm": None}
 
 

@@ -16,29 +16,28 @@ import time
 
 import torch
 
+from radmm_hpc import rundir
 from radmm_hpc.algos import trainer_class
-from radmm_hpc.config import render_toml
+from radmm_hpc.config import render_toml, setting_comments
 from radmm_hpc.data import load_dataset
 from radmm_hpc.errors import EXIT_DIVERGED, Preempted, UserError
-from radmm_hpc.metrics import MetricsLog, Progress, clean, peak_rss_mb
-from radmm_hpc.runtime import CollectiveError, agree, on_root
+from radmm_hpc.metrics import MetricsLog, Progress, TensorBoardLog, clean, peak_rss_mb
+from radmm_hpc.runtime import CollectiveError, agree, gather_ranks, on_root
 from radmm_hpc.scoring import least_squares_scores, output_layer_only_scores
 
 
-def prepare_run_dir(cfg, rt) -> str:
-    """Rank 0 creates the run directory (default runs/<timestamp>) and tells the others."""
+def prepare_run_dir(cfg, rt, resume: bool = False, overwrite: bool = False) -> str:
+    """Rank 0 creates the run directory (rundir.py: a fresh default name, or the named one when
+    empty, resumed or overwritten) and tells the others."""
     def make():
-        path = cfg.train.run_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+        if cfg.train.run_dir:
+            return rundir.prepare(cfg.train.run_dir, resume, overwrite)
         try:
-            os.makedirs(path, exist_ok=True)
-            probe = os.path.join(path, ".write-test")
-            with open(probe, "w"):
-                pass
-            os.remove(probe)
+            return rundir.new_default_dir()
         except OSError as exc:
-            raise UserError(f"cannot create run directory {path}: {exc.strerror}") from None
-        return path
-    return on_root(rt, make)
+            raise UserError(f"cannot create a run directory under runs/: {exc.strerror}") from None
+    rt.run_dir = on_root(rt, make)
+    return rt.run_dir
 
 
 def _finite(m: dict) -> bool:
@@ -71,21 +70,28 @@ def _trim_metrics(path: str, upto: int) -> None:
     os.replace(tmp, path)
 
 
-def train(cfg, rt, resume: str | None = None) -> dict | None:
+def train(cfg, rt, resume: str | None = None, overwrite: bool = False, argv=None) -> dict | None:
     from radmm_hpc.checkpoint import Checkpointer
     ds = agree(rt, load_dataset, cfg.data)
-    run_dir = prepare_run_dir(cfg, rt)
+    run_dir = prepare_run_dir(cfg, rt, resume=bool(resume), overwrite=overwrite)
     trainer = agree(rt, trainer_class(cfg.train.algo), cfg, rt, ds)
     root = rt.is_root
     ckpt = Checkpointer(cfg, rt, run_dir, trainer)
     resumed = ckpt.resume(resume) if resume else None
+    done = resumed["iteration"] if resumed else 0
+    gather_ranks(rt)
     if root:
         with open(os.path.join(run_dir, "config.toml"), "w", encoding="utf-8") as fh:
-            fh.write(render_toml(cfg.to_dict()))
-        if resumed:
-            _trim_metrics(os.path.join(run_dir, "metrics.jsonl"), resumed["iteration"])
+            fh.write(render_toml(cfg.to_dict(), setting_comments()))
+        # a resumed run redoes the iterations after its checkpoint; a fresh one (--resume auto
+        # finding no checkpoint) starts its metrics again
+        _trim_metrics(os.path.join(run_dir, "metrics.jsonl"), done)
+        rundir.write_run_json(run_dir, rundir.run_metadata(
+            rt, argv, dict(resumed, path=ckpt.last_path) if resumed else None), bool(resumed))
     log = MetricsLog(os.path.join(run_dir, "metrics.jsonl") if root else None)
-    progress = Progress(cfg.train.iters, root, cfg.train.progress_seconds)
+    tb = agree(rt, lambda: TensorBoardLog(os.path.join(run_dir, "tensorboard"), done)
+               if root and cfg.train.tensorboard else None)
+    progress = Progress(cfg.train.iters, root, cfg.train.progress_seconds, start=done)
     comm, t = rt.comm, cfg.train
     iter_times, step_bytes = [], 0
     it, wall0, bytes_from = 0, 0.0, 0
@@ -124,6 +130,8 @@ def train(cfg, rt, resume: str | None = None) -> dict | None:
                           "phase_cpu_s": {k: [p[1].get(k, 0.0) for p in per_rank]
                                           for k in sorted(trainer.phase_cpu_s)}}
                 log.write(record)
+                if tb:
+                    tb.write(record)
                 shown = {k: m[k] for k in ("train_loss", "test_loss", "test_r2", "test_accuracy") if k in m}
                 progress.update(it, shown, force=last)
                 stop = bool(m.get("converged", 0.0))
@@ -139,6 +147,8 @@ def train(cfg, rt, resume: str | None = None) -> dict | None:
     finally:
         progress.close()
         log.close()
+        if tb:
+            tb.close()
     wall = time.perf_counter() - t_start
     weights = trainer.export_weights()
     peaks = comm.reduce_scalars({"bytes": step_bytes / max(1, it - bytes_from), "rss": peak_rss_mb(),

@@ -104,3 +104,99 @@ def load_model(path: str, dtype=torch.float64):
                 raise UserError(f"{path}: layer {l} has a bias, which FCResNet does not support")
             weights.append(torch.as_tensor(W, dtype=dtype))
     return weights, attrs
+
+
+def load_preprocess(path: str) -> dict:
+    """{x_mean, x_std[, y_mean, y_std]}: the standardisation stored with the model (fitted on its
+    training split), for scoring any data exactly as the model was trained to see it."""
+    with _open(path) as fh:
+        if "preprocess" not in fh:
+            raise UserError(f"{path}: no /preprocess group (not a radmm_hpc model file?)")
+        return {k: np.asarray(v[()]) for k, v in fh["preprocess"].items()}
+
+
+class Preprocessed(torch.nn.Module):
+    """The trained network with its preprocessing: raw input rows are standardised with the
+    training split's statistics, and regression outputs are mapped back to the target's units
+    (classification: the logits). `net` alone takes standardised inputs, as during training."""
+
+    def __init__(self, net: torch.nn.Module, pre: dict, dtype=torch.float64):
+        super().__init__()
+        self.net = net
+        for k in ("x_mean", "x_std", "y_mean", "y_std"):
+            if k in pre:
+                self.register_buffer(k, torch.as_tensor(pre[k], dtype=dtype))
+            else:
+                setattr(self, k, None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net((x - self.x_mean) / self.x_std)
+        return out * self.y_std + self.y_mean if self.y_mean is not None else out
+
+
+def _resolve_model_path(path: str) -> str:
+    return os.path.join(path, "model.h5") if os.path.isdir(path) else path
+
+
+def load_module(path: str, preprocess: bool = True, dtype=torch.float64) -> torch.nn.Module:
+    """A run directory's (or a model.h5's) trained network as a torch.nn.Module in eval mode.
+    preprocess = True (default): it takes raw input rows (N, features; images flattened as
+    N × C·H·W) and returns predictions in the target's units (regression) or logits; False: the
+    bare network on standardised inputs, the outputs the project's scores are computed from."""
+    path = _resolve_model_path(path)
+    with _open(path) as fh:
+        fmt = fh.attrs.get("format")
+    if fmt == FORMAT:
+        from radmm_hpc.models import FCResNet
+        weights, attrs = load_model(path, dtype)
+        net = FCResNet(weights, attrs["activation"], bool(attrs.get("input_bias", True)),
+                       residual=attrs.get("arch") != "mlp")
+    elif fmt == NAMED_FORMAT:
+        net = _named_module(path, dtype)
+    else:
+        raise UserError(f"{path}: not a radmm_hpc model file (format {fmt!r})")
+    module = Preprocessed(net, load_preprocess(path), dtype) if preprocess else net
+    return module.eval()
+
+
+def _named_module(path: str, dtype) -> torch.nn.Module:
+    """A convolutional ResNet from its named parameters, built as models.build_model builds it."""
+    from types import SimpleNamespace
+
+    from radmm_hpc.models.resnet import build_resnet
+    arrays, a = load_named_params(path)
+    mcfg = SimpleNamespace(arch=a["arch"], block=a["block"], shortcut=a["shortcut"], norm=a["norm"],
+                           base_width=int(a["base_width"]))
+    ds = SimpleNamespace(name=a.get("data"), image_shape=tuple(int(v) for v in a["image_shape"]),
+                         task=a["task"], d_out=int(a["d_out"]))
+    net = build_resnet(mcfg, ds, torch.Generator().manual_seed(0), dtype)
+    net.load_state_dict({k: torch.as_tensor(v, dtype=dtype) if v.dtype.kind == "f" else torch.as_tensor(v)
+                         for k, v in arrays.items()})
+    return net
+
+
+def export(run_dir: str, fmt: str = "pt", out: str | None = None) -> str:
+    """Write the state dict of load_module(run_dir) (network and preprocessing buffers) as
+    `model.pt` (torch.save of a dict of tensors: torch.load(..., weights_only=True) reads it) or
+    `model.safetensors` (with the model file's attributes as metadata). Returns the path."""
+    module = load_module(run_dir)
+    state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+    out = out or os.path.join(run_dir if os.path.isdir(run_dir) else os.path.dirname(run_dir) or ".",
+                              f"model.{fmt}")
+    tmp = out + ".tmp"
+    try:
+        if fmt == "safetensors":
+            try:
+                from safetensors.torch import save_file
+            except ImportError:
+                raise UserError("--format safetensors needs the safetensors package: "
+                                "pip install 'radmm_hpc[export]'") from None
+            with _open(_resolve_model_path(run_dir)) as fh:
+                meta = {k: str(v.tolist() if hasattr(v, "tolist") else v) for k, v in fh.attrs.items()}
+            save_file(state, tmp, metadata=meta)
+        else:
+            torch.save(state, tmp)
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise UserError(f"cannot write {out}: {exc.strerror}") from None
+    return out

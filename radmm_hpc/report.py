@@ -1,12 +1,23 @@
-"""`report RUN_DIR`: PNG plots of metrics.jsonl (loss curves, per-phase time per rank) and, for the
-parameter-server modes, of summary.json's staleness histogram."""
+"""`report RUN_DIR [RUN_DIR ...] [--out PATH]`: PNG plots of runs' metrics.jsonl.
+
+metrics.png has one panel per quantity: the scores (loss, R², MSE, accuracy: train solid, test
+dashed, validation dotted) each in their own panel, apart from each method's objectives and
+residuals; several runs are overlaid, one colour per run. phases.png shows the time per phase and
+rank of each run, staleness.png the parameter-server modes' staleness histogram (summary.json).
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 
 from radmm_hpc.errors import UserError
+
+SPLITS = {"train": "-", "test": "--", "val": ":"}
+SCORES = ("loss", "r2", "mse", "accuracy")          # the scores: the first panels, in this order
+NOT_PLOTTED = {"iter", "wall_s", "bytes_sent", "phase_s", "converged"}
+TITLES = {"loss": "loss", "r2": "R²", "mse": "MSE (target units)", "accuracy": "accuracy"}
 
 
 def read_metrics(run_dir: str) -> list[dict]:
@@ -26,41 +37,116 @@ def read_metrics(run_dir: str) -> list[dict]:
     return rows
 
 
-def report(run_dir: str) -> list[str]:
+def quantity(key: str) -> tuple[str, str]:
+    """(panel, split) of a metrics key: train_loss -> (loss, train); lagrangian -> (lagrangian, '')."""
+    split, _, rest = key.partition("_")
+    if split in SPLITS and rest in SCORES:
+        return rest, split
+    return key, ""
+
+
+def panels(runs: dict) -> dict:
+    """{panel: [(run label, key)]} for the runs' metrics ({label: rows}): the scores first, then
+    every other numeric quantity, each in its own panel."""
+    out: dict = {}
+    for label, rows in runs.items():
+        keys = []
+        for r in rows:
+            keys += [k for k, v in r.items() if k not in keys and k not in NOT_PLOTTED
+                     and (isinstance(v, (int, float)) and not isinstance(v, bool) or v is None)]
+        for k in keys:
+            out.setdefault(quantity(k)[0], []).append((label, k))
+    order = [p for p in SCORES if p in out] + [p for p in out if p not in SCORES]
+    return {p: out[p] for p in order}
+
+
+def _labels(run_dirs: list) -> list:
+    """Short names for the legend: the directory names, or the paths where names repeat."""
+    names = [os.path.basename(os.path.normpath(d)) for d in run_dirs]
+    labels = [os.path.normpath(d) if names.count(n) > 1 else n for d, n in zip(run_dirs, names)]
+    return [f"{x} #{i + 1}" if labels.count(x) > 1 else x for i, x in enumerate(labels)]
+
+
+def _out_paths(out: str | None, first: str) -> dict:
+    if out and out.endswith(".png"):
+        stem = out[:-4]
+        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+        return {"metrics": out, "phases": f"{stem}-phases.png", "staleness": f"{stem}-staleness.png"}
+    directory = out or first
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {directory}: cannot create it: {exc.strerror}") from None
+    return {k: os.path.join(directory, f"{k}.png") for k in ("metrics", "phases", "staleness")}
+
+
+def report(run_dirs, out: str | None = None) -> list[str]:
+    """Draw the figures; returns the paths written."""
+    if isinstance(run_dirs, str):
+        run_dirs = [run_dirs]
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         raise UserError("report needs matplotlib: pip install 'radmm_hpc[plots]'") from None
-    rows = read_metrics(run_dir)
-    its = [r["iter"] for r in rows]
-    written = []
+    labels = _labels(run_dirs)
+    runs = {label: read_metrics(d) for label, d in zip(labels, run_dirs)}
+    paths = _out_paths(out, run_dirs[0])
+    colours = {label: f"C{i % 10}" for i, label in enumerate(labels)}
+    written = [_metrics_figure(plt, runs, colours, paths["metrics"])]
+    with_phases = [(label, rows[-1]["phase_s"]) for label, rows in runs.items() if rows[-1].get("phase_s")]
+    if with_phases:
+        written.append(_phases_figure(plt, with_phases, paths["phases"]))
+    hists = [(label, _summary(d).get("staleness_hist")) for label, d in zip(labels, run_dirs)]
+    hists = [(label, h) for label, h in hists if h]
+    if hists:
+        written.append(_staleness_figure(plt, hists, paths["staleness"]))
+    return written
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    keys = [k for k in ("train_loss", "test_loss", "lagrangian", "relaxed_objective",
-                        "primal_residual", "boundary_residual", "successive_diff", "objective",
-                        "suboptimality", "E_Q", "violation", "aux_loss", "val_loss") if k in rows[0]]
-    for k in keys:
-        vals = [r.get(k) for r in rows]
-        if all(v is not None and v > 0 for v in vals):
-            ax.semilogy(its, vals, label=k)
-        else:
-            ax.plot(its, [v if v is not None else float("nan") for v in vals], label=k)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("value")
-    ax.set_title(f"{os.path.basename(os.path.normpath(run_dir))}: losses and residuals")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    path = os.path.join(run_dir, "losses.png")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+
+def _metrics_figure(plt, runs: dict, colours: dict, path: str) -> str:
+    layout = panels(runs)
+    cols = min(3, max(1, len(layout)))
+    nrows = math.ceil(len(layout) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.3 * nrows), squeeze=False)
+    for ax, (panel, lines) in zip(axes.flat, layout.items()):
+        lo, hi = math.inf, 0.0
+        for label, key in lines:
+            rows = runs[label]
+            its = [r["iter"] for r in rows if key in r]
+            vals = [r[key] if r[key] is not None else float("nan") for r in rows if key in r]
+            finite = [v for v in vals if v == v]
+            lo = min([lo] + finite) if all(v > 0 for v in finite) else -math.inf
+            hi = max([hi] + finite)
+            split = quantity(key)[1]
+            name = label if len(runs) > 1 else ""
+            name = f"{name} {split}".strip() if split else (name or key)
+            marker = "o" if len(its) <= 30 else None      # a line of one point would not show
+            ax.plot(its, vals, SPLITS.get(split, "-"), color=colours[label], label=name, marker=marker,
+                    markersize=3)
+        if lo > 0 and hi > 20 * lo and panel not in ("r2", "accuracy"):   # spans decades
+            ax.set_yscale("log")
+        ax.set_title(TITLES.get(panel, panel))
+        ax.set_xlabel("iteration")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(layout):]:
+        ax.set_visible(False)
+    fig.suptitle(", ".join(runs) if len(runs) <= 4 else f"{len(runs)} runs")
+    return _save(plt, fig, path, top=1 - 0.4 / fig.get_figheight())   # room for the title
+
+
+def _save(plt, fig, path: str, top: float = 1.0) -> str:
+    fig.tight_layout(rect=(0, 0, 1, top))
+    fig.savefig(path, dpi=100)
     plt.close(fig)
-    written.append(path)
+    return path
 
-    phases = rows[-1].get("phase_s")
-    if phases:
-        fig, ax = plt.subplots(figsize=(7, 4))
+
+def _phases_figure(plt, runs: list, path: str) -> str:
+    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.8), squeeze=False)
+    for ax, (label, phases) in zip(axes.flat, runs):
         names = sorted(phases)
         n_ranks = len(phases[names[0]])
         bottom = [0.0] * n_ranks
@@ -70,30 +156,22 @@ def report(run_dir: str) -> list[str]:
             bottom = [b + v for b, v in zip(bottom, vals)]
         ax.set_xlabel("rank")
         ax.set_ylabel("seconds (whole run)")
-        ax.set_title("time per phase and rank")
+        ax.set_title(f"{label}: time per phase and rank")
         ax.set_xticks(range(n_ranks))
-        ax.legend()
-        path = os.path.join(run_dir, "phases.png")
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        ax.legend(fontsize=7)
+    return _save(plt, fig, path)
 
-    hist = _summary(run_dir).get("staleness_hist")
-    if hist:
+
+def _staleness_figure(plt, runs: list, path: str) -> str:
+    fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 3.8), squeeze=False)
+    for ax, (label, hist) in zip(axes.flat, runs):
         last = max(i for i, c in enumerate(hist) if c > 0) if any(hist) else 0
-        fig, ax = plt.subplots(figsize=(7, 4))
         ax.bar(range(last + 1), hist[:last + 1])
-        ax.set_xlabel("staleness (server updates between a worker's read and its push; last bin: ≥ 63)"
-                      if last == len(hist) - 1 else "staleness (server updates between a worker's read and its push)")
+        ax.set_xlabel("staleness (server updates between a worker's read and its push"
+                      + ("; last bin: ≥ 63)" if last == len(hist) - 1 else ")"), fontsize=8)
         ax.set_ylabel("pushes")
-        ax.set_title(f"staleness histogram ({sum(hist)} pushes)")
-        path = os.path.join(run_dir, "staleness.png")
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-    return written
+        ax.set_title(f"{label}: staleness ({sum(hist)} pushes)")
+    return _save(plt, fig, path)
 
 
 def _summary(run_dir: str) -> dict:

@@ -1,4 +1,5 @@
-"""The process's place in the job: MPI world, local rank, device, threads, signal flags."""
+"""The process's place in the job: MPI world, local rank, device, threads, signal flags, the
+launcher checks, and what run.json records about the job."""
 
 from __future__ import annotations
 
@@ -11,15 +12,18 @@ import torch
 from radmm_hpc.comm import MPI, Comm, CommTimeout
 from radmm_hpc.errors import CollectiveError, ConfigError, UserError
 
+# preemption signals: Slurm's --signal (USR1 in jobs/), submitit's USR2, scancel's TERM
+PREEMPT_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
+
 
 class SignalFlags:
-    """SIGUSR1/SIGTERM only set a flag; the loop acts on it at the next iteration boundary."""
+    """SIGUSR1/SIGUSR2/SIGTERM only set a flag; the loop acts on it at the next iteration boundary."""
 
     def __init__(self):
         self.received = 0
 
     def install(self) -> None:
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
+        for sig in PREEMPT_SIGNALS:
             signal.signal(sig, self._handler)
 
     def _handler(self, signum, frame):
@@ -34,6 +38,9 @@ class Runtime:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     threads: int = 1
     signals: SignalFlags = field(default_factory=SignalFlags)
+    run_dir: str = ""             # once known: where run outputs and tracebacks go
+    ranks: list = field(default_factory=list)   # rank 0: every rank's host, pid, device, threads
+                                                # (gather_ranks)
 
     @property
     def rank(self) -> int:
@@ -66,6 +73,26 @@ def init_world() -> Runtime:
     return Runtime(comm=comm, local_rank=local_rank, local_size=local_size)
 
 
+def launcher_problem(rt: Runtime) -> str | None:
+    """One line when this process was not started as a rank of one MPI world with its peers:
+    torchrun's processes, or srun's tasks when the MPI library cannot use Slurm's PMI, are each a
+    world of their own and would train side by side into the same run directory."""
+    if rt.size != 1:
+        return None
+    env = os.environ
+    torchrun = env.get("WORLD_SIZE") if ("TORCHELASTIC_RUN_ID" in env or "LOCAL_WORLD_SIZE" in env) else None
+    if torchrun and torchrun.isdigit() and int(torchrun) > 1:
+        return (f"torchrun started {torchrun} processes and each is a one-rank MPI world of its own: "
+                f"radmm_hpc is an MPI program, start it with mpirun -n {torchrun} python -m radmm_hpc ...")
+    tasks = env.get("SLURM_STEP_NUM_TASKS", "")
+    if "SLURM_STEP_ID" in env and tasks.isdigit() and int(tasks) > 1:
+        return (f"srun started {tasks} tasks and each is a one-rank MPI world of its own (this MPI "
+                f"library cannot use Slurm's PMI): start the ranks with mpirun -n {tasks} python -m "
+                f"radmm_hpc ... inside the allocation (or LAUNCHER=mpirun for jobs/), or use an MPI "
+                f"built for Slurm with srun --mpi=pmix (docs/slurm.md)")
+    return None
+
+
 def expected_world_size(configured: int) -> int:
     """The world size this job should have: the config's, else Slurm's task count, else 0."""
     if configured:
@@ -78,9 +105,13 @@ def expected_world_size(configured: int) -> int:
 def check_world_size(rt: Runtime, configured: int) -> None:
     want = expected_world_size(configured)
     if want and want != rt.size:
-        how = "train.world_size" if configured else "SLURM_NTASKS"
-        hint = (" (is the launcher reaching Slurm's PMI? see docs/slurm.md)" if rt.size == 1 else "")
-        raise ConfigError(f"{how} = {want} but this job has {rt.size} ranks{hint}")
+        ranks = f"{rt.size} rank{'s' if rt.size != 1 else ''}"
+        if configured:
+            raise ConfigError(f"train.world_size = {want} but this job has {ranks}: start {want} "
+                              f"(mpirun -n {want} ...) or set --set train.world_size={rt.size}")
+        raise ConfigError(f"this Slurm allocation has SLURM_NTASKS = {want} tasks but this job has {ranks}: "
+                          f"start them all with mpirun -n {want} python -m radmm_hpc ..., or run on "
+                          f"{ranks} on purpose with --set train.world_size={rt.size} (docs/slurm.md)")
 
 
 def bind_device(rt: Runtime, pref: str) -> None:
@@ -96,9 +127,13 @@ def bind_device(rt: Runtime, pref: str) -> None:
 
 
 def pin_threads(rt: Runtime) -> None:
-    """Share the node's cores among its ranks so that ranks do not fight over them."""
-    if "OMP_NUM_THREADS" in os.environ and os.environ["OMP_NUM_THREADS"].isdigit():
-        rt.threads = max(1, int(os.environ["OMP_NUM_THREADS"]))
+    """Threads per rank: OMP_NUM_THREADS, else Slurm's --cpus-per-task (each task has those
+    cores), else this process's cores shared among the node's ranks."""
+    env = os.environ
+    if env.get("OMP_NUM_THREADS", "").isdigit():
+        rt.threads = max(1, int(env["OMP_NUM_THREADS"]))
+    elif env.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        rt.threads = max(1, int(env["SLURM_CPUS_PER_TASK"]))
     else:
         try:
             cores = len(os.sched_getaffinity(0))
@@ -106,6 +141,46 @@ def pin_threads(rt: Runtime) -> None:
             cores = os.cpu_count() or 1
         rt.threads = max(1, cores // max(1, rt.local_size))
     torch.set_num_threads(rt.threads)
+
+
+def set_determinism(rt: Runtime, deterministic: bool) -> None:
+    """train.deterministic: PyTorch's deterministic algorithms; on CUDA cuBLAS also needs a fixed
+    workspace (CUBLAS_WORKSPACE_CONFIG, read when its first handle is made, so set it here, before
+    any matrix product; a value the user set is kept)."""
+    if not deterministic:
+        return
+    if rt.device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+
+
+def rank_info(rt: Runtime) -> dict:
+    import socket
+    return {"rank": rt.rank, "host": socket.gethostname(), "pid": os.getpid(), "device": str(rt.device),
+            "threads": rt.threads, "local_rank": rt.local_rank}
+
+
+def gather_ranks(rt: Runtime) -> list:
+    """Collective: every rank's rank_info on rank 0 (kept in rt.ranks there); [] elsewhere."""
+    rt.ranks = rt.comm.gather_obj(rank_info(rt)) or []
+    return rt.ranks
+
+
+def startup_lines(rt: Runtime) -> list:
+    """Collective: on rank 0 one line per rank (host, device, threads); [] elsewhere."""
+    return [f"radmm-hpc: rank {r['rank']}/{rt.size} on {r['host']} (pid {r['pid']}): device {r['device']}, "
+            f"{r['threads']} thread{'s' if r['threads'] != 1 else ''}" for r in gather_ranks(rt)]
+
+
+# the MPI binding and the pip MPI library, whose versions run.json records
+MPI_PACKAGES = ("mpi4py", "mpich")
+
+
+def mpi_library() -> str:
+    """The MPI library's own version line (or 'none' without MPI)."""
+    if MPI is None:
+        return "none"
+    return " ".join(MPI.Get_library_version().strip().splitlines()[0].split())
 
 
 def agree(rt: Runtime, fn, *args, **kwargs):

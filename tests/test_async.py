@@ -122,7 +122,7 @@ def test_failing_worker_ends_the_whole_job(cli, tmp_path):
     proc, secs = cli(args, ranks=3, timeout=120, cwd=str(tmp_path), env_extra={"RADMM_HPC_FAIL_WORKER": "2"})
     assert proc.returncode != 0
     assert "internal error on rank 2: RuntimeError: injected worker fault on rank 2" in proc.stderr
-    assert (tmp_path / "radmm-hpc-error-rank2.log").exists()
+    assert (tmp_path / "r" / "radmm-hpc-error-rank2.log").exists()   # in the run directory
 
 
 @pytest.mark.parametrize("model", ["fcresnet", "resnet8"])

@@ -73,7 +73,7 @@ def test_backprop_run_outputs_eval_report_inspect(cli, tmp_path):
     assert abs(float(got["test_r2"]) - summary["test_r2"]) < 1e-4
     proc, _ = cli(["report", str(run)])
     assert proc.returncode == 0, proc.stderr
-    assert (run / "losses.png").stat().st_size > 1000 and (run / "phases.png").is_file()
+    assert (run / "metrics.png").stat().st_size > 1000 and (run / "phases.png").is_file()
     proc, _ = cli(["inspect", str(run / "model.h5")])
     assert proc.returncode == 0 and "layers/1/weight" in proc.stdout
 
@@ -108,10 +108,10 @@ def test_eval_errors(cli, tmp_path):
 
 def test_divergence_exits_4_on_every_rank(cli, tmp_path):
     # an absurd learning rate makes backprop's loss overflow to inf/NaN within a few steps
-    args = ["--algo", "backprop", "--run-dir", str(tmp_path / "d")] + SMALL + [
+    args = ["--algo", "backprop"] + SMALL + [
         "--set", "backprop.lr=1e12", "--set", "backprop.optimizer=sgd", "--set", "train.log_every=1"]
     for ranks in (1, 3):
-        proc, secs = cli(args, ranks=ranks, timeout=90)
+        proc, secs = cli(args + ["--run-dir", str(tmp_path / f"d{ranks}")], ranks=ranks, timeout=90)
         assert proc.returncode == 4, (ranks, proc.returncode, proc.stderr[-1500:])
         assert "diverged" in proc.stderr and "Traceback" not in proc.stderr and "Abort" not in proc.stderr
 

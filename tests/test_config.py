@@ -57,11 +57,13 @@ def test_more_regions_than_layers():
 def test_world_size_mismatch(monkeypatch):
     from radmm_hpc.runtime import check_world_size
     rt = runtime()
-    with pytest.raises(ConfigError, match="train.world_size = 4 but this job has 1 ranks"):
+    with pytest.raises(ConfigError, match=r"train.world_size = 4 but this job has 1 rank: .*"
+                                          r"--set train.world_size=1"):
         check_world_size(rt, 4)
     monkeypatch.setenv("SLURM_JOB_ID", "7")
     monkeypatch.setenv("SLURM_NTASKS", "8")
-    with pytest.raises(ConfigError, match="SLURM_NTASKS = 8 but this job has 1 ranks.*PMI"):
+    with pytest.raises(ConfigError, match=r"SLURM_NTASKS = 8 tasks but this job has 1 rank: .*mpirun -n 8.*"
+                                          r"--set train.world_size=1"):
         check_world_size(rt, 0)
     check_world_size(rt, 1)     # an explicit setting wins over Slurm's count
 

@@ -51,7 +51,8 @@ def main():
     curves = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, cli in methods(args.arch, args.width, args.subset).items():
-            probe = run_summary([*cli, "--iters", "10", "--set", "train.log_every=10"], 1, os.path.join(tmp, "probe"))
+            probe = run_summary([*cli, "--iters", "10", "--set", "train.log_every=10"], 1,
+                                os.path.join(tmp, f"probe{len(curves)}"))     # a run directory is never reused
             iters = max(15, int(args.seconds / max(probe["time_per_iter_s"], 1e-4)))
             iters -= iters % 15
             s = run_summary([*cli, "--iters", str(iters), "--set", f"train.log_every={iters // 15}"], 1,

@@ -64,7 +64,9 @@ def _standardise(train: np.ndarray, *others):
     return mean, std, [(a - mean) / std for a in (train, *others)]
 
 
-def load_dataset(dcfg) -> Dataset:
+def load_dataset(dcfg, preprocess: dict | None = None) -> Dataset:
+    """The data set of `dcfg`, standardised with statistics of its training split, or with
+    `preprocess` ({x_mean, x_std[, y_mean, y_std]}, a trained model's, for scoring other data)."""
     raw = load_raw(dcfg)
     X, y, task = raw.X, raw.y, raw.task
     if getattr(dcfg, "dedup", False):
@@ -75,7 +77,13 @@ def load_dataset(dcfg) -> Dataset:
         tr, te = split_indices(len(X), dcfg.test_fraction, dcfg.split_seed)
         X_tr, y_tr, X_te, y_te = X[tr], y[tr], X[te], y[te]
     X_tr, y_tr = _subset(X_tr, y_tr, getattr(dcfg, "train_subset", 0), dcfg.split_seed)
-    if raw.image_shape is not None:
+    if preprocess is not None:
+        x_mean, x_std = preprocess["x_mean"], preprocess["x_std"]
+        if np.shape(x_mean)[-1:] != X_tr.shape[1:]:
+            raise DataError(f"data '{dcfg.name}' has {X_tr.shape[1]} features, the model's "
+                            f"preprocessing {np.shape(x_mean)[-1]}")
+        X_tr, X_te = (X_tr - x_mean) / x_std, (X_te - x_mean) / x_std
+    elif raw.image_shape is not None:
         from radmm_hpc.data.images import channel_stats
         x_mean, x_std = channel_stats(X_tr, raw.image_shape)
         X_tr, X_te = (X_tr - x_mean) / x_std, (X_te - x_mean) / x_std
@@ -84,7 +92,11 @@ def load_dataset(dcfg) -> Dataset:
     ds = Dataset(name=dcfg.name, task=task, X_train=X_tr, y_train=y_tr, X_test=X_te, y_test=y_te,
                  n_classes=raw.n_classes, x_mean=x_mean, x_std=x_std, image_shape=raw.image_shape)
     if task == "regression":
-        ds.y_mean, ds.y_std, (ds.y_train, ds.y_test) = _standardise(y_tr, y_te)
+        if preprocess is not None and "y_mean" in preprocess:
+            ds.y_mean, ds.y_std = preprocess["y_mean"], preprocess["y_std"]
+            ds.y_train, ds.y_test = (y_tr - ds.y_mean) / ds.y_std, (y_te - ds.y_mean) / ds.y_std
+        else:
+            ds.y_mean, ds.y_std, (ds.y_train, ds.y_test) = _standardise(y_tr, y_te)
     return ds
 
 

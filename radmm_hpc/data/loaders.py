@@ -16,6 +16,7 @@ WINE_FILES = {"wine-red": ["winequality-red.csv"], "wine-white": ["winequality-w
               "wine": ["winequality-red.csv", "winequality-white.csv"]}
 NAMES = tuple(WINE_FILES) + ("digits", "synthetic-regression", "synthetic-classification",
                              "csv:PATH", "hdf5:PATH", "mnist:DIR", "cifar10:DIR")
+PREFIXES = ("csv:", "hdf5:", "mnist:", "cifar10:")
 
 
 @dataclass
@@ -217,6 +218,18 @@ def _synthetic(dcfg, classification: bool) -> Raw:
     return Raw(X=X, y=y, task="regression")
 
 
+def check_name(name: str) -> None:
+    """A DataError unless `name` is a data set this module reads (checked at validation, so that
+    every mode, --print-config included, rejects a misspelt name before any work)."""
+    if name in WINE_FILES or name in NAMES or (":" in name and name.split(":", 1)[0] + ":" in PREFIXES
+                                               and name.split(":", 1)[1]):
+        return
+    import difflib
+    close = difflib.get_close_matches(name, NAMES, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise DataError(f"unknown data set '{name}'{hint}; choose one of {', '.join(NAMES)}")
+
+
 def load_raw(dcfg) -> Raw:
     name = dcfg.name
     if name in WINE_FILES:
@@ -236,10 +249,7 @@ def load_raw(dcfg) -> Raw:
     elif name.startswith("cifar10:"):
         raw = _image_set("cifar10", name[8:])
     else:
-        import difflib
-        close = difflib.get_close_matches(name, NAMES, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise DataError(f"unknown data set '{name}'{hint}; choose one of {', '.join(NAMES)}")
+        check_name(name)
     if len(raw.X) < 2:
         raise DataError(f"data set '{name}' has {len(raw.X)} samples: too few to train")
     return raw

@@ -6,8 +6,13 @@ Submits jobs/radmm_cpu.sbatch with a tiny float64 RADMM config and checks:
   - an uninterrupted job completes (status 0, no restart) and writes summary.json and model.h5;
   - a job sent SIGUSR1 mid-run writes a checkpoint, exits 3, requeues itself, resumes from that
     checkpoint and completes, with final weights bit-identical to the uninterrupted job's;
-  - launched with srun and no Slurm PMI, the world-size assertion stops the N one-rank jobs
-    (status 2) and the job is not requeued;
+  - launched with srun and no Slurm PMI, the launcher check stops the N one-rank jobs (status 2,
+    one line naming mpirun) and the job is not requeued; one process in a 2-task allocation is
+    stopped with a line naming `mpirun -n 2` and `--set train.world_size=1`;
+  - the job array task that carries the array's id, preempted with SIGUSR2, requeues itself only
+    (`<array id>_<task id>`), not the whole array, and resumes; the other task completes without a
+    restart;
+  - without OMP_NUM_THREADS, each rank takes --cpus-per-task threads, as its start-up line says;
   - the same preemption round trip for jobs/asgd_gpu.sbatch (deterministic A-SGD, run on CPU);
   - every other method's script (MAC, A-SGD, TRGL, backprop) runs a tiny job to completion.
 The job's Python environment: $RADMM_SLURM_VENV, else the environment running pytest (in CI
@@ -250,14 +255,91 @@ def test_usr1_checkpoints_requeues_and_resumes_bit_identically(cluster, referenc
           f"weights bit-identical to job {reference.id} ({len(ref)} datasets)")
 
 
-def test_srun_without_slurm_pmi_is_caught_by_the_world_size_check(cluster):
+def test_srun_without_slurm_pmi_is_caught_by_the_launcher_check(cluster):
     # pip MPICH cannot reach this Slurm's PMI (MpiDefault=none): srun starts RANKS one-rank worlds
     job = Job(cluster, "radmm_cpu.sbatch", TINY, env={"LAUNCHER": "srun"}, tag="srun")
     info = job.wait({"FAILED"}, timeout=90)
     assert info["ExitCode"].startswith("2:") and info["Restarts"] == "0", info
     log = job.log
-    assert f"train.world_size = {RANKS} but this job has 1 ranks" in log, log
-    assert "see docs/slurm.md" in log
+    errors = [ln for ln in log.splitlines() if ln.startswith("radmm-hpc: error:")]
+    assert len(errors) == 1, log                                   # one line, from task 0
+    assert f"srun started {RANKS} tasks" in errors[0] and f"mpirun -n {RANKS}" in errors[0], log
+    assert "docs/slurm.md" in errors[0]
+
+
+class WrapJob(Job):
+    """`sbatch --wrap CMD` (no job script): the application launched by hand inside a job."""
+
+    def __init__(self, cluster: MiniSlurm, command: str, sbatch_opts: tuple, tag: str):
+        self.cluster, self.tag = cluster, tag
+        self.work = os.path.join(cluster.root, "work", tag)
+        os.makedirs(self.work, exist_ok=True)
+        venv = _venv()
+        python = os.path.join(venv, "bin", "python") if venv else sys.executable
+        env = {"PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+        self.id = cluster.sbatch([f"--job-name={tag}", "--output=slurm-%x-%j.out", *sbatch_opts,
+                                  "--wrap", command.replace("PYTHON", python)], cwd=self.work, env=env)
+        self.run_dir = os.path.join(self.work, "run")
+        self.t0 = time.monotonic()
+
+
+def test_one_process_in_a_larger_allocation_is_told_what_to_run(cluster):
+    job = WrapJob(cluster, "PYTHON -m radmm_hpc " + " ".join(TINY) + " --run-dir run", ("--ntasks=2",), "alone")
+    info = job.wait({"FAILED"}, timeout=60)
+    assert info["ExitCode"].startswith("2:"), info
+    errors = [ln for ln in job.log.splitlines() if ln.startswith("radmm-hpc: error:")]
+    assert len(errors) == 1 and "SLURM_NTASKS = 2" in errors[0], job.log
+    assert "mpirun -n 2" in errors[0] and "--set train.world_size=1" in errors[0], errors
+
+
+def test_threads_from_cpus_per_task_and_startup_line(cluster):
+    # srun -c 3 with no OMP_NUM_THREADS: the rank takes the task's 3 CPUs (before: the process's
+    # cores divided among the node's ranks, 2 on this machine), and says so at start-up
+    cmd = ("env -u OMP_NUM_THREADS srun PYTHON -m radmm_hpc --algo backprop --data synthetic-regression "
+           "--set model.width=8 --set model.depth=3 --set train.compare=false --iters 3 --run-dir run")
+    job = WrapJob(cluster, cmd, ("--ntasks=1", "--cpus-per-task=3"), "threads")
+    info = job.wait(timeout=60)
+    assert info["ExitCode"] == "0:0", (info, job.log)
+    lines = [ln for ln in job.log.splitlines() if ln.startswith("radmm-hpc: rank 0/1 on ")]
+    assert len(lines) == 1 and lines[0].endswith("device cpu, 3 threads"), job.log
+    with open(os.path.join(job.run_dir, "run.json")) as fh:
+        meta = json.load(fh)
+    assert meta["ranks"][0]["threads"] == 3 and meta["slurm"]["SLURM_JOB_ID"] == job.id
+    assert meta["slurm"]["SLURM_CPUS_PER_TASK"] == "3"
+
+
+def test_array_task_usr2_requeues_only_itself(cluster):
+    """SIGUSR2 (submitit's preemption signal) to the task of a 2-task array whose job id is the
+    array's id (Slurm gives the array's id to one of its tasks): that task checkpoints, requeues
+    itself as <array id>_<task id> and resumes; the other task completes without a restart
+    (`scontrol requeue $SLURM_JOB_ID` from that task names the whole array and restarts both)."""
+    job = Job(cluster, "radmm_cpu.sbatch", TINY, tag="array", sbatch_opts=("--array=0-1",))
+    tasks = [f"{job.id}_0", f"{job.id}_1"]
+    running = {t: cluster.wait_for(t, {"RUNNING"}, timeout=90) for t in tasks}
+    target = next(t for t in tasks if running[t]["JobId"] == running[t]["ArrayJobId"])
+    other = next(t for t in tasks if t != target)
+    run = os.path.join(job.work, "runs", f"slurm-{target}")
+    deadline = time.monotonic() + 90
+    while not os.path.exists(os.path.join(run, "latest")):
+        assert time.monotonic() < deadline, f"no checkpoint of {target} after 90 s: {cluster.job(target)}"
+        time.sleep(0.1)
+    cluster.cmd("scancel", "--signal=USR2", "--batch", target)
+    t_requeued = [None]
+
+    def no_begin_delay(info):
+        if int(info.get("Restarts", "0")) >= 1 and t_requeued[0] is None:
+            t_requeued[0] = time.monotonic()
+        if (info.get("JobState") == "PENDING" and info.get("Reason") == "BeginTime" and t_requeued[0]
+                and time.monotonic() - t_requeued[0] > 2.0):
+            cluster.cmd("scontrol", "update", f"JobId={target}", "StartTime=now", check=False)
+    final = cluster.wait_for(target, {"COMPLETED"}, timeout=180, on_poll=no_begin_delay)
+    final_other = cluster.wait_for(other, {"COMPLETED"}, timeout=120)
+    log = open(os.path.join(job.work, f"slurm-array-{running[target]['JobId']}.out"), errors="replace").read()
+    assert final["Restarts"] == "1" and final["ExitCode"] == "0:0", (final, log)
+    assert final_other["Restarts"] == "0" and final_other["ExitCode"] == "0:0", final_other
+    assert "received SIGUSR2" in log and f"scontrol requeue {target}" in log, log
+    assert "resumed from" in log and "finished:" in log, log
+    assert os.path.isfile(os.path.join(job.work, "runs", f"slurm-{other}", "model.h5"))
 
 
 def test_scancel_checkpoints_and_is_not_requeued(cluster):
