@@ -42,10 +42,11 @@ P_MAX = 1024
 CORES = len(os.sched_getaffinity(0))
 
 # the measured configurations: (method, CLI arguments, local P, namespace placements)
+PROXIMAL = si.proximal_args()      # the paper variant's rows: radmm.variant = proximal, its penalties
 CASES = {
-    "radmm-jacobi": ("radmm", ["--set", "radmm.schedule=jacobi", "--iters", "8", "--set", "train.log_every=1"],
+    "radmm-jacobi": ("radmm", [*PROXIMAL, "--set", "radmm.schedule=jacobi", "--iters", "8", "--set", "train.log_every=1"],
                      [1, 2, 4, 8], [[1, 1], [1, 1, 1], [2, 2]]),
-    "radmm-two-colour": ("radmm", ["--set", "radmm.schedule=two-colour", "--iters", "8",
+    "radmm-two-colour": ("radmm", [*PROXIMAL, "--set", "radmm.schedule=two-colour", "--iters", "8",
                                    "--set", "train.log_every=1"], [1, 2, 4, 8], [[1, 1], [2, 2]]),
     "backprop": ("backprop", ["--algo", "backprop", "--iters", "40", "--set", "train.log_every=4"],
                  [1, 2, 4, 8], [[1, 1], [2, 2]]),
