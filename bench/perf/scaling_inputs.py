@@ -34,7 +34,8 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from bench.perf.scaling_model import BackpropCosts, MacCosts, MacShape, Net, RadmmCosts, RadmmShape
+from bench.perf.scaling_model import (AnchoredCosts, AnchoredShape, BackpropCosts, MacCosts, MacShape, Net,
+                                      RadmmCosts, RadmmShape)
 from radmm_hpc.cli import parse_args, resolve_config
 from radmm_hpc.comm import Comm
 from radmm_hpc.data import load_dataset
@@ -167,13 +168,14 @@ def _kind(l: int, L: int) -> str:
 def anchored_costs(cfg, microbatches=(1, 3, 9), iters: int = 3):
     """CPU seconds of each layer's share of one anchored iteration, timed inside steps of the real
     trainer on one rank (radmm.microbatches = m for each m given, so chunks of several sizes):
-    per chunk of c columns, the anchor pass (the layer's forward with autograd recording and its
+    per chunk of c columns, the anchor pass (the layer's forward with autograd recording, and its
     input Gram sum), the validation forward (no autograd) and the multiplier pass (that layer's
     part of autograd's backward, between tensor hooks on its output and input); per iteration
     the W step. Per layer kind (first, hidden, output) and phase, the least over repeats, the
     median over layers of a kind, fitted as fixed + per_col·c. 'step' is the rest of the step's
-    compute (the loop over chunks, the objective, copies of W) per iteration and per chunk.
-    Also the bytes autograd keeps per column and layer until the multiplier pass."""
+    compute (the loops over chunks and layers, copies of W) per layer, per iteration and per chunk.
+    Also the bytes autograd keeps per column and layer until the multiplier pass.
+    Returns (AnchoredShape, AnchoredCosts, {"points": {phase/layer/cols: s}, ...})."""
     from radmm_hpc.algos.radmm import anchored as am
     if cfg.radmm.variant != "anchored" or cfg.model.arch != "fcresnet":
         raise SystemExit("the model's anchored costs cover the FCResNet with radmm.variant = anchored")
@@ -185,6 +187,7 @@ def anchored_costs(cfg, microbatches=(1, 3, 9), iters: int = 3):
     for m in microbatches:
         c = copy.deepcopy(cfg)
         c.radmm.microbatches = m
+        c.radmm.grow = 1.0            # every step accepted: each one has a multiplier pass
         tr = am.AnchoredTrainer(c, _runtime(), ds)
         L = tr.L
         _wrap_anchored(tr, t)
@@ -219,34 +222,30 @@ def anchored_costs(cfg, microbatches=(1, 3, 9), iters: int = 3):
             am._block_step = orig_block
         if kept is None:
             kept = _anchored_kept(tr)
-    def least(phase, l, cols):            # the anchor pass: the layer's forward + its Gram sum
-        out = min(t[(phase, l, cols)])
-        return out + min(t[("gram", l, cols)]) if phase == "fwd" else out
-    costs = {}
-    for phase in ("fwd", "val", "bwd"):
-        costs[phase] = {}
-        sizes = sorted({cc for (ph, _, cc) in t if ph == phase})
-        for kind in KINDS:
-            pts = [(cols, statistics.median(least(phase, l, cols) for l in range(1, L + 1) if _kind(l, L) == kind))
-                   for cols in sizes]
-            coef = _nnls(np.array([[1.0, c_] for c_, _ in pts]) / np.array([y for _, y in pts])[:, None],
-                         np.ones(len(pts)))
-            costs[phase][kind] = [float(coef[0]), float(coef[1])]
-    costs["w"] = {kind: statistics.median(min(t[("w", l, 0)]) for l in range(1, L + 1) if _kind(l, L) == kind)
-                  for kind in KINDS}
-    # the rest of a step's compute: a fixed part and a part per chunk (the least at each m)
+
+    def fit(phase, kind):             # fixed + per_col·cols over the chunk sizes seen
+        pts = [(cols, statistics.median(min(t[(phase, l, cols)]) for l in range(1, L + 1) if _kind(l, L) == kind))
+               for cols in sorted({cc for (ph, _, cc) in t if ph == phase})]
+        if len(pts) == 1:             # one size (the validation columns): all per column
+            return [0.0, pts[0][1] / pts[0][0]]
+        coef = _nnls(np.array([[1.0, c_] for c_, _ in pts]) / np.array([y for _, y in pts])[:, None],
+                     np.ones(len(pts)))
+        return [float(coef[0]), float(coef[1])]
+    tables = {ph: {k: fit(ph, k) for k in KINDS} for ph in ("fwd", "gram", "val", "bwd")}
+    w = {k: statistics.median(min(t[("w", l, 0)]) for l in range(1, L + 1) if _kind(l, L) == k) for k in KINDS}
+    # the rest of a step's compute: a fixed part and a part per chunk (the least at each count)
     by_m = defaultdict(list)
     for chunks, r in rest:
         by_m[chunks].append(r)
     pts = sorted((k, max(0.0, min(v))) for k, v in by_m.items())
     fixed, per_chunk = np.linalg.lstsq(np.array([[1.0, k] for k, _ in pts]), np.array([r for _, r in pts]),
                                        rcond=None)[0]
-    costs["step"] = [max(float(fixed), 0.0), max(float(per_chunk), 0.0)]
-    shape = {"depth": cfg.model.depth, "width": cfg.model.width, "n_fit": tr.N, "n_val": tr.n_val,
-             "d_in": ds.d_in, "d_out": ds.d_out, "itemsize": torch.finfo(tr.dtype).bits // 8,
-             "lam": cfg.radmm.lam}
-    return shape, costs, {"kept_bytes": kept, "rest": rest,
-                          "points": {f"{ph}/{l}/{cc}": min(v) for (ph, l, cc), v in t.items()}}
+    shape = AnchoredShape(depth=cfg.model.depth, width=cfg.model.width, n_fit=tr.N, n_val=tr.n_val,
+                          d_in=ds.d_in, d_out=ds.d_out, itemsize=torch.finfo(tr.dtype).bits // 8,
+                          lam=cfg.radmm.lam)
+    costs = AnchoredCosts(**tables, w=w, step=[max(float(fixed), 0.0) / L, max(float(per_chunk), 0.0) / L],
+                          kept=kept / (L * tr.N))
+    return shape, costs, {"rest": rest, "points": {f"{ph}/{l}/{cc}": min(v) for (ph, l, cc), v in t.items()}}
 
 
 def _anchored_kept(tr) -> int:
