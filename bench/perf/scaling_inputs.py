@@ -34,8 +34,16 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from bench.perf.scaling_model import (AnchoredCosts, AnchoredShape, BackpropCosts, MacCosts, MacShape, Net,
-                                      RadmmCosts, RadmmShape)
+from bench.perf.scaling_model import (
+    AnchoredCosts,
+    AnchoredShape,
+    BackpropCosts,
+    MacCosts,
+    MacShape,
+    Net,
+    RadmmCosts,
+    RadmmShape,
+)
 from radmm_hpc.cli import parse_args, resolve_config
 from radmm_hpc.comm import Comm
 from radmm_hpc.data import load_dataset
@@ -246,6 +254,58 @@ def anchored_costs(cfg, microbatches=(1, 3, 9), iters: int = 3):
     costs = AnchoredCosts(**tables, w=w, step=[max(float(fixed), 0.0) / L, max(float(per_chunk), 0.0) / L],
                           kept=kept / (L * tr.N))
     return shape, costs, {"rest": rest, "points": {f"{ph}/{l}/{cc}": min(v) for (ph, l, cc), v in t.items()}}
+
+
+def anchored_fit(widths=(32, 64, 96, 128), n: int = 4000, dtype="float32"):
+    """The hidden layer's costs at several widths (synthetic data, depth 4, chunks of 3600,
+    1200 and 400 columns), fitted across widths (non-negative, on relative error): per chunk of
+    c columns e + f·d² + (a·d² + b·d)·c for each phase (the products with W and the Gram sum are
+    d² per column, the activations d, the Gram's float64 sum d² per chunk); the W step
+    e + b·d² + a·d³ (a Cholesky solve); the rest of the step per chunk e + b·d, per iteration
+    and the kept bytes per d as measured (medians over the widths)."""
+    per = []
+    for d in widths:
+        cfg = config(["--data", "synthetic-regression", "--set", f"data.n_samples={int(n / 0.8)}",
+                      "--set", "data.n_features=8", "--set", f"model.width={d}", "--set", "model.depth=4",
+                      "--dtype", dtype])
+        shape, c, _ = anchored_costs(cfg, iters=2)
+        per.append((d, c, shape.itemsize))
+
+    def fit(feats, ys):
+        A = np.array(feats, dtype=float)
+        y = np.array(ys)
+        return _nnls(A / y[:, None], np.ones(len(y))).tolist()
+    out = {}
+    for ph in ("fwd", "gram", "val", "bwd"):
+        fixed = [(d, getattr(c, ph)["hidden"][0]) for d, c, _ in per]
+        fixed = [(d, y) for d, y in fixed if y > 0]
+        out[ph] = {"per_col": fit([[d * d, d] for d, _, _ in per], [getattr(c, ph)["hidden"][1] for _, c, _ in per]),
+                   "fixed": fit([[1.0, d * d] for d, _ in fixed], [y for _, y in fixed]) if fixed else [0.0, 0.0]}
+    out["w"] = fit([[1.0, d * d, d ** 3] for d, _, _ in per], [c.w["hidden"] for _, c, _ in per])
+    out["step"] = [statistics.median(c.step[0] for _, c, _ in per),
+                   fit([[1.0, d] for d, _, _ in per], [c.step[1] for _, c, _ in per])]
+    out["kept_per_d"] = statistics.median(c.kept / (d * s) for d, c, s in per)
+    out["points"] = [{"d": d, **vars(c)} for d, c, _ in per]
+    return out
+
+
+def anchored_costs_at(fit: dict, d: int, d_in: int, d_out: int, itemsize: int = 4) -> AnchoredCosts:
+    """Costs from the fitted forms at width d. The first layer's products scale with its fan-in
+    (d_in + 1)/d; the output layer's products with W by d_out/d, its Gram sum and W step are a
+    hidden layer's (its input is d wide); fixed parts per chunk as a hidden layer's."""
+    def hidden(ph):
+        (e, f), (a, b) = fit[ph]["fixed"], fit[ph]["per_col"]
+        return [e + f * d * d, a * d * d + b * d]
+    q, o = (d_in + 1) / d, d_out / d
+    tables = {}
+    for ph in ("fwd", "gram", "val", "bwd"):
+        h = hidden(ph)
+        tables[ph] = {"first": [h[0], h[1] * q], "hidden": h, "output": [h[0], h[1] * (1 if ph == "gram" else o)]}
+    e, b, a = fit["w"]
+    w = e + b * d * d + a * d ** 3
+    step = [fit["step"][0], fit["step"][1][0] + fit["step"][1][1] * d]
+    return AnchoredCosts(**tables, w={"first": w, "hidden": w, "output": w}, step=step,
+                         kept=fit["kept_per_d"] * d * itemsize)
 
 
 def _anchored_kept(tr) -> int:
