@@ -257,35 +257,37 @@ def anchored_costs(cfg, microbatches=(1, 3, 9), iters: int = 3):
 
 
 def anchored_fit(widths=(32, 64, 96, 128), n: int = 4000, dtype="float32"):
-    """The hidden layer's costs at several widths (synthetic data, depth 4, chunks of 3600,
-    1200 and 400 columns), fitted across widths (non-negative, on relative error): per chunk of
-    c columns e + f·d² + (a·d² + b·d)·c for each phase (the products with W and the Gram sum are
-    d² per column, the activations d, the Gram's float64 sum d² per chunk); the W step
-    e + b·d² + a·d³ (a Cholesky solve); the rest of the step per chunk e + b·d, per iteration
-    and the kept bytes per d as measured (medians over the widths)."""
-    per = []
+    """A hidden layer's costs at several widths (synthetic data, depth 4, chunks of 3600, 1200
+    and 400 columns), fitted on all (width, chunk) points at once (non-negative, on relative
+    error): per chunk of c columns e + f·d² + (a·d² + b·d)·c for each phase (the products with W
+    and the Gram sum are d² per column, the activations d, the float64 Gram sum and the weight
+    gradient d² per chunk); the W step e + b·d² + a·d³ (a Cholesky solve); the rest of the step
+    per chunk e + b·d and per iteration, and the kept bytes per d as measured (medians)."""
+    pts, per = defaultdict(list), []
     for d in widths:
         cfg = config(["--data", "synthetic-regression", "--set", f"data.n_samples={int(n / 0.8)}",
                       "--set", "data.n_features=8", "--set", f"model.width={d}", "--set", "model.depth=4",
                       "--dtype", dtype])
-        shape, c, _ = anchored_costs(cfg, iters=2)
+        shape, c, extra = anchored_costs(cfg, iters=2)
         per.append((d, c, shape.itemsize))
+        by = defaultdict(list)
+        for key, y in extra["points"].items():
+            ph, l, cols = key.split("/")
+            if ph != "w" and 1 < int(l) <= shape.depth:          # the hidden layers
+                by[(ph, int(cols))].append(y)
+        for (ph, cols), ys in by.items():
+            pts[ph].append((d, cols, statistics.median(ys)))
 
     def fit(feats, ys):
         A = np.array(feats, dtype=float)
         y = np.array(ys)
         return _nnls(A / y[:, None], np.ones(len(y))).tolist()
-    out = {}
-    for ph in ("fwd", "gram", "val", "bwd"):
-        fixed = [(d, getattr(c, ph)["hidden"][0]) for d, c, _ in per]
-        fixed = [(d, y) for d, y in fixed if y > 0]
-        out[ph] = {"per_col": fit([[d * d, d] for d, _, _ in per], [getattr(c, ph)["hidden"][1] for _, c, _ in per]),
-                   "fixed": fit([[1.0, d * d] for d, _ in fixed], [y for _, y in fixed]) if fixed else [0.0, 0.0]}
+    out = {ph: fit([[1.0, d * d, d * d * c, d * c] for d, c, _ in v], [y for _, _, y in v]) for ph, v in pts.items()}
     out["w"] = fit([[1.0, d * d, d ** 3] for d, _, _ in per], [c.w["hidden"] for _, c, _ in per])
     out["step"] = [statistics.median(c.step[0] for _, c, _ in per),
                    fit([[1.0, d] for d, _, _ in per], [c.step[1] for _, c, _ in per])]
     out["kept_per_d"] = statistics.median(c.kept / (d * s) for d, c, s in per)
-    out["points"] = [{"d": d, **vars(c)} for d, c, _ in per]
+    out["points"] = {ph: v for ph, v in pts.items()}
     return out
 
 
@@ -294,7 +296,7 @@ def anchored_costs_at(fit: dict, d: int, d_in: int, d_out: int, itemsize: int = 
     (d_in + 1)/d; the output layer's products with W by d_out/d, its Gram sum and W step are a
     hidden layer's (its input is d wide); fixed parts per chunk as a hidden layer's."""
     def hidden(ph):
-        (e, f), (a, b) = fit[ph]["fixed"], fit[ph]["per_col"]
+        e, f, a, b = fit[ph]
         return [e + f * d * d, a * d * d + b * d]
     q, o = (d_in + 1) / d, d_out / d
     tables = {}
