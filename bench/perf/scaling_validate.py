@@ -24,6 +24,7 @@ Results go to bench/perf/results/scaling.json (the numbers docs/scaling_model.md
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -140,12 +141,12 @@ class Inputs:
         d = self.data
         if method == "anchored":
             shape, costs = sm.AnchoredShape(**d["anchored"]["shape"]), sm.AnchoredCosts(**d["anchored"]["costs"])
-            out = sm.predict_anchored(shape, costs, P, intra, inter, placement, m)
+            model = functools.partial(sm.predict_anchored, shape, costs, P, intra, inter, placement, m)
+            out = model()
             if measured:
-                out["cpu_path"] = sm.predict_anchored(shape, costs, P, intra, inter, placement, m,
-                                                      rank_compute=measured)["total"]
+                out["cpu_path"] = model(rank_compute=measured)["total"]
             # bytes per iteration of the busiest rank over the run's accepted and rejected iterations
-            rej = sm.predict_anchored(shape, costs, P, intra, inter, placement, m, accepted=False)["rank_bytes"]
+            rej = model(accepted=False)["rank_bytes"]
             out["bytes"] = max(share * a + (1 - share) * b for a, b in zip(out["rank_bytes"], rej))
             return out
         if method == "radmm":
