@@ -432,7 +432,7 @@ def plot(rows, small, big, path):
         ax.set_yscale("log")
         ax.set_title(f"{m}: memory, beyond", fontsize=10)
         ax.set_xlabel("ranks P")
-        ax.set_ylabel("GiB per rank (state)")
+        ax.set_ylabel("GiB per rank (state" + (" + anchor graph)" if m == "radmm-anchored" else ")"))
         ax.grid(alpha=0.3, which="both")
     loads = [float(r["load_before"].split()[0]) for r in rows]
     span = f" (load {min(loads):.0f}-{max(loads):.0f} on {CORES} cores)" if loads else ""
@@ -460,7 +460,7 @@ def main():
         with open(args.replot) as fh:
             res = json.load(fh)
         plot(res["validation"], res["predicted_small"], res["predicted_big"], args.plot)
-        summarise(res["validation"], res["predicted_big"])
+        summarise(res["validation"], res["predicted_big"], res["predicted_small"])
         return
     os.environ["OMP_NUM_THREADS"] = "1"
     t0 = time.time()
@@ -499,7 +499,7 @@ def main():
     with open(args.out, "w") as fh:
         json.dump(out, fh, indent=1, default=float)
     plot(out["validation"], out["predicted_small"], out["predicted_big"], args.plot)
-    summarise(out["validation"], out["predicted_big"])
+    summarise(out["validation"], out["predicted_big"], out["predicted_small"])
 
 
 def merge(path, new, only):
@@ -519,9 +519,14 @@ def merge(path, new, only):
     return out
 
 
-def summarise(rows, big):
-    for kind in ("err_wall", "err_cpu", "err_speedup"):
-        sel = [r for r in rows if r[kind] is not None and (kind != "err_wall" or not r["oversubscribed"])]
+def summarise(rows, big, small=None):
+    for m, nets in (small or {}).items():
+        for net in ("shared memory", "100 Gb/s"):
+            eff = {P: E for P, _, E, _ in nets.get(net, [])}
+            print(f"{m:<17} measured size, {net}: efficiency "
+                  + ", ".join(f"P={P} {eff[P]:.2f}" for P in (2, 4, 8, 16) if P in eff))
+    for kind in ("err_wall", "err_cpu", "err_speedup", "err_rank_cpu"):
+        sel = [r for r in rows if r.get(kind) is not None and (kind != "err_wall" or not r["oversubscribed"])]
         if sel:
             errs = [abs(r[kind]) for r in sel]
             print(f"{kind}: {len(sel)} runs, median |error| {sorted(errs)[len(errs) // 2]:.0%}, max {max(errs):.0%}")
