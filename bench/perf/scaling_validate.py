@@ -44,7 +44,7 @@ CORES = len(os.sched_getaffinity(0))
 
 # the measured configurations: (method, CLI arguments, local P, namespace placements)
 PROXIMAL = si.proximal_args()      # the paper variant's rows: radmm.variant = proximal, its penalties
-ANCHORED = ["--iters", "12", "--set", "train.log_every=1"]    # the default variant, pipeline schedule
+ANCHORED = ["--iters", "24", "--set", "train.log_every=1"]    # the default variant, pipeline schedule
 CASES = {
     "radmm-anchored": ("anchored", ANCHORED, [1, 2, 4], [[1, 1]]),
     "radmm-anchored-m2": ("anchored", [*ANCHORED, "--set", "radmm.microbatches=2"], [1, 2], []),
