@@ -284,7 +284,7 @@ def anchored_fit(widths=(32, 64, 96, 128), n: int = 4000, dtype="float32"):
     out = {ph: fit([[1.0, d * d, d * d * c, d * c] for d, c, _ in v], [y for _, _, y in v]) for ph, v in pts.items()}
     out["w"] = fit([[1.0, d * d, d ** 3] for d, _, _ in per], [c.w["hidden"] for _, c, _ in per])
     out["step"] = [statistics.median(c.step[0] for _, c, _ in per),
-                   fit([[1.0, d] for d, _, _ in per], [c.step[1] for _, c, _ in per])]
+                   _nnls(np.array([[1.0, d] for d, _, _ in per]), np.array([c.step[1] for _, c, _ in per])).tolist()]
     out["kept_per_d"] = statistics.median(c.kept / (d * s) for d, c, s in per)
     out["points"] = {ph: v for ph, v in pts.items()}
     return out
