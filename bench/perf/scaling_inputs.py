@@ -174,7 +174,7 @@ def _kind(l: int, L: int) -> str:
     return "first" if l == 1 else ("output" if l == L else "hidden")
 
 
-def anchored_costs(cfg, microbatches=(1, 3, 9), iters: int = 8):
+def anchored_costs(cfg, microbatches=(1, 3, 9), iters: int = 16):
     """CPU seconds of each layer's share of one anchored iteration, timed inside steps of the real
     trainer on one rank (radmm.microbatches = m for each m given, so chunks of several sizes):
     per chunk of c columns, the anchor pass (the layer's forward with autograd recording, and its
