@@ -43,7 +43,6 @@ from bench.perf.scaling_model import (
     Net,
     RadmmCosts,
     RadmmShape,
-    anchored_rank_costs,
 )
 from radmm_hpc.cli import parse_args, resolve_config
 from radmm_hpc.comm import Comm
@@ -181,30 +180,27 @@ def anchored_costs(cfg, microbatches=(1, 3, 9), iters: int = 16):
     input Gram sum), the validation forward (no autograd) and the multiplier pass (that layer's
     part of autograd's backward, between tensor hooks on its output and input); per iteration
     the W step. Per layer kind (first, hidden, output) and phase, the least over repeats, the
-    median over layers of a kind, fitted as fixed + per_col·c.
-    'step' is the rest per layer, per iteration and per chunk of the anchor pass: the least step
-    of a second, plain trainer (stepped in turn with the timed one) less what the layers' pieces
-    account for, fitted over m. It holds the loops over chunks and layers and the copies of W,
-    and under load also the difference between a sum of least pieces (each its luckiest call)
-    and the least whole step, which the validation runs measure; the timed trainer's own hooks
-    do not enter it. Also the bytes autograd keeps per column and layer until the multiplier pass.
-    Returns (AnchoredShape, AnchoredCosts, {"rest": [(chunks, s)], "points": {phase/layer/cols: s}})."""
+    median over layers of a kind, fitted as fixed + per_col·c. 'step' is the rest of the step's
+    compute (the loops over chunks and layers, copies of W) per layer, per iteration and per chunk.
+    Also the bytes autograd keeps per column and layer until the multiplier pass.
+    Returns (AnchoredShape, AnchoredCosts, {"points": {phase/layer/cols: s}, ...})."""
     from radmm_hpc.algos.radmm import anchored as am
     if cfg.radmm.variant != "anchored" or cfg.model.arch != "fcresnet":
         raise SystemExit("the model's anchored costs cover the FCResNet with radmm.variant = anchored")
     torch.set_num_threads(1)
     ds = load_dataset(cfg.data)
     t = defaultdict(list)             # (phase, l, cols) -> CPU seconds of each call
-    plain = {}                        # m -> the least compute CPU of a plain trainer's step
-    orig_block = am._block_step
+    rest = []                         # (chunks, step compute CPU − what the layers account for)
+    kept = None
     for m in microbatches:
         c = copy.deepcopy(cfg)
         c.radmm.microbatches = m
         c.radmm.grow = 1.0            # every step accepted: each one has a multiplier pass
-        tr, ref = am.AnchoredTrainer(c, _runtime(), ds), am.AnchoredTrainer(c, _runtime(), ds)
+        tr = am.AnchoredTrainer(c, _runtime(), ds)
         L = tr.L
         _wrap_anchored(tr, t)
-        blocks, wtot, orig_w = [], [], tr._w_steps
+        orig_block, orig_w = am._block_step, tr._w_steps
+        blocks, wtot = [], []
 
         def block(g, *a, **k):
             dt, out = _cpu(orig_block, g, *a, **k)
@@ -214,23 +210,26 @@ def anchored_costs(cfg, microbatches=(1, 3, 9), iters: int = 16):
         def w_steps():
             dt, _ = _cpu(orig_w)
             wtot.append(dt)
-        tr._w_steps = w_steps
-        for it in range(iters + 1):
-            blocks.clear()
-            am._block_step = block
-            try:
+        am._block_step, tr._w_steps = block, w_steps
+        try:
+            for it in range(iters + 1):
+                n0 = {k: len(v) for k, v in t.items()}
+                blocks.clear()
+                c0 = tr.phase_cpu_s["compute"]
                 tr.step(it)
-            finally:
-                am._block_step = orig_block
-            c0 = ref.phase_cpu_s["compute"]
-            ref.step(it)
-            if it:                    # (the first step allocates)
-                plain[m] = min(plain.get(m, math.inf), ref.phase_cpu_s["compute"] - c0)
+                comp = tr.phase_cpu_s["compute"] - c0
                 # each layer's W step: its block solve + an equal share of the loop around them
                 share = (wtot[-1] - sum(blocks)) / len(blocks)
-                for l, dt in zip(tr.groups, blocks):
-                    t[("w", l, 0)].append(dt + share)
-    kept = _anchored_kept(tr)
+                if it:                # (the first step allocates)
+                    for l, dt in zip(tr.groups, blocks):
+                        t[("w", l, 0)].append(dt + share)
+                    rest.append((len(tr.fit_slices) + len(tr.val_slices),
+                                 comp - wtot[-1] - sum(sum(v[n0.get(k, 0):]) for k, v in t.items()
+                                                       if k[0] != "w")))
+        finally:
+            am._block_step = orig_block
+        if kept is None:
+            kept = _anchored_kept(tr)
 
     def fit(phase, kind):             # fixed + per_col·cols over the chunk sizes seen
         pts = [(cols, statistics.median(min(t[(phase, l, cols)]) for l in range(1, L + 1) if _kind(l, L) == kind))
@@ -242,16 +241,18 @@ def anchored_costs(cfg, microbatches=(1, 3, 9), iters: int = 16):
         return [float(coef[0]), float(coef[1])]
     tables = {ph: {k: fit(ph, k) for k in KINDS} for ph in ("fwd", "gram", "val", "bwd")}
     w = {k: statistics.median(min(t[("w", l, 0)]) for l in range(1, L + 1) if _kind(l, L) == k) for k in KINDS}
+    # the rest of a step's compute: a fixed part and a part per chunk (the least at each count)
+    by_m = defaultdict(list)
+    for chunks, r in rest:
+        by_m[chunks].append(r)
+    pts = sorted((k, max(0.0, min(v))) for k, v in by_m.items())
+    fixed, per_chunk = np.linalg.lstsq(np.array([[1.0, k] for k, _ in pts]), np.array([r for _, r in pts]),
+                                       rcond=None)[0]
     shape = AnchoredShape(depth=cfg.model.depth, width=cfg.model.width, n_fit=tr.N, n_val=tr.n_val,
                           d_in=ds.d_in, d_out=ds.d_out, itemsize=torch.finfo(tr.dtype).bits // 8,
                           lam=cfg.radmm.lam)
-    costs = AnchoredCosts(**tables, w=w, step=[0.0, 0.0], kept=kept / (L * tr.N))
-    rest = []                         # (chunks of the anchor pass, the plain step − the pieces)
-    for m, least in plain.items():
-        x = anchored_rank_costs(shape, costs, 1, m)[0]
-        rest.append((len(x["fwd"]), least - sum(x["fwd"]) - sum(x["bwd"]) - x["rest"]))
-    fixed, per_chunk = _nnls(np.array([[1.0, k] for k, _ in rest]), np.array([max(r, 0.0) for _, r in rest]))
-    costs.step = [float(fixed) / L, float(per_chunk) / L]
+    costs = AnchoredCosts(**tables, w=w, step=[max(float(fixed), 0.0) / L, max(float(per_chunk), 0.0) / L],
+                          kept=kept / (L * tr.N))
     return shape, costs, {"rest": rest, "points": {f"{ph}/{l}/{cc}": min(v) for (ph, l, cc), v in t.items()}}
 
 
