@@ -237,3 +237,141 @@ def predict_trgl(module_compute: List[float], act_bytes: List[float], drain_ever
 
 def efficiency(t1: float, tP: float, P: int) -> float:
     return t1 / (P * tP) if tP > 0 else float("nan")
+
+
+# ---- RADMM, the anchored variant (pipeline schedule) -----------------------------------------------
+@dataclass
+class AnchoredShape:
+    depth: int          # hidden layers; with the output layer L = depth + 1
+    width: int
+    n_fit: int          # columns of the anchor and multiplier passes
+    n_val: int          # validation columns (forward only)
+    d_in: int
+    d_out: int
+    itemsize: int = 4
+    lam: float = 0.0
+
+
+@dataclass
+class AnchoredCosts:
+    """CPU seconds of one layer's share of an iteration (scaling_inputs.anchored_costs), per
+    layer kind (first, hidden, output). Per chunk of c columns, [fixed, per column]: fwd the
+    forward with autograd recording, gram its input Gram sum (both in the anchor pass), val the
+    validation forward, bwd the multiplier pass; w the W step per iteration; step the rest of
+    the step's compute per layer, [per iteration, per chunk]. kept: bytes autograd keeps per
+    column and layer from the anchor pass to the multiplier pass."""
+    fwd: Dict[str, List[float]]
+    gram: Dict[str, List[float]]
+    val: Dict[str, List[float]]
+    bwd: Dict[str, List[float]]
+    w: Dict[str, float]
+    step: List[float]
+    kept: float = 0.0
+
+
+def layer_kinds(depth: int, P: int) -> List[List[str]]:
+    """The kinds of each rank's layers: hidden layers 1..depth by partition_hidden, layer L on the
+    last rank (regions.py)."""
+    L = depth + 1
+    out = []
+    for r, (s, e) in enumerate(partition_hidden(depth, P)):
+        ls = list(range(s, e + 1)) + ([L] if r == P - 1 else [])
+        out.append(["first" if l == 1 else "output" if l == L else "hidden" for l in ls])
+    return out
+
+
+def anchored_chunks(n_fit: int, n_val: int, P: int, m: int = 0):
+    """Column counts of the fit and validation chunks: the trainer's rule (anchored.py), m = 0
+    for its automatic choice (1 on one rank, else max(P, min(4P, N // 512)))."""
+    m = m or (1 if P == 1 else max(P, min(4 * P, n_fit // 512)))
+    size = max(1, math.ceil(n_fit / m))
+    return ([min(size, n_fit - i) for i in range(0, n_fit, size)],
+            [min(size, n_val - i) for i in range(0, n_val, size)])
+
+
+def anchored_rank_costs(shape: AnchoredShape, c: AnchoredCosts, P: int, m: int = 0):
+    """Per rank: the anchor pass's cost of each chunk (fit chunks, then validation chunks), the
+    multiplier pass's cost of each fit chunk, and the rest of an iteration (W steps, overhead)."""
+    fit, val = anchored_chunks(shape.n_fit, shape.n_val, P, m)
+    out = []
+    for kinds in layer_kinds(shape.depth, P):
+        def per(cols, *tables, ks=kinds):
+            return sum(t[k][0] + t[k][1] * cols for t in tables for k in ks)
+        over = len(kinds) * c.step[1]           # the rest's part per chunk of the anchor pass
+        out.append({"fwd": [per(n, c.fwd, c.gram) + over for n in fit] + [per(n, c.val) + over for n in val],
+                    "bwd": [per(n, c.bwd) for n in fit],
+                    "rest": sum(c.w[k] for k in kinds) + len(kinds) * c.step[0]})
+    return out
+
+
+def _pass(free: List[float], cost: List[List[float]], hop: List[List[float]]) -> List[float]:
+    """One pass of chunks through ranks 0..P−1 (the caller reverses the lists for the multiplier
+    pass). Rank r takes chunk j from rank r−1, computes it (cost[r][j]) and hands it on. A
+    handoff ends when both sides have reached it (a large message's send completes once the
+    receiver has posted its receive) and takes hop[j][r−1] seconds. free[r]: when rank r starts;
+    returns when each rank has finished its last chunk (and handed it on)."""
+    free = list(free)
+    for j in range(len(cost[0])):
+        t = free[0] + cost[0][j]
+        for r in range(1, len(cost)):
+            free[r - 1] = t = max(t, free[r]) + hop[j][r - 1]
+            t += cost[r][j]
+        free[-1] = t
+    return free
+
+
+def predict_anchored(shape: AnchoredShape, c: AnchoredCosts, P: int, intra: Net, inter: Net,
+                     placement=None, m: int = 0, accepted: bool = True, rank_compute=None) -> Dict[str, float]:
+    """One iteration of the pipeline schedule (anchored.py, step): the anchor pass over the fit
+    and validation chunks; with λ > 0 the running ‖W‖² passed along the ranks; the control message
+    (5 float64) from the last rank to rank 0, each rank forwarding it at once; the multiplier pass
+    from the last rank down (accepted iterations only); then each rank's W steps; the loop's
+    one-number Allreduce ends the iteration. rank_compute: measured compute per rank, to which
+    each rank's modelled costs are scaled (the CPU path)."""
+    link, net = links(placement, P, intra, inter)
+    rc = anchored_rank_costs(shape, c, P, m)
+    if rank_compute is not None:
+        for k, x in zip(rank_compute, rc):
+            f = k / (sum(x["fwd"]) + (sum(x["bwd"]) if accepted else 0.0) + x["rest"])
+            x.update(fwd=[f * v for v in x["fwd"]], bwd=[f * v for v in x["bwd"]], rest=f * x["rest"])
+    fit, val = anchored_chunks(shape.n_fit, shape.n_val, P, m)
+    row = shape.width * shape.itemsize        # bytes per column of a boundary
+
+    def timeline(msg):
+        end = _pass([0.0] * P, [x["fwd"] for x in rc], [[msg(r, n * row) for r in range(P - 1)] for n in fit + val])
+        t = end[-1]
+        if shape.lam > 0:
+            t = end[0]
+            for r in range(1, P):
+                t = max(t + msg(r - 1, 8), end[r])
+        got = [0.0] * P               # when each rank has the control message
+        got[-1] = t
+        for r in range(P - 2, -1, -1):
+            got[r] = t = max(t + msg(r, 40), end[r])
+        if accepted:
+            hop = [[msg(r, n * row) for r in range(P - 1)][::-1] for n in fit]
+            got = _pass(got[::-1], [x["bwd"] for x in rc[::-1]], hop)[::-1]
+        return max(g + x["rest"] for g, x in zip(got, rc))
+
+    compute = timeline(lambda r, n: 0.0)
+    total = timeline(lambda r, n: link(r, r + 1).msg(n)) + net.allreduce(P, 8)
+    mem = anchored_memory(shape, c, P)
+    sent = [(row * (sum(fit) + sum(val)) + (8 if shape.lam > 0 else 0) if r < P - 1 else 0)
+            + (row * sum(fit) * accepted + 40 if r > 0 else 0) for r in range(P)]
+    return {"compute": compute, "comm": total - compute, "total": total, "chunks": len(fit),
+            "rank_compute": [sum(x["fwd"]) + sum(x["bwd"]) * accepted + x["rest"] for x in rc],
+            "memory": max(s + k for s, k in mem), "state": max(s for s, _ in mem),
+            "rank_bytes": sent if P > 1 else [0], "bytes_per_boundary": max(sent) if P > 1 else 0}
+
+
+def anchored_memory(shape: AnchoredShape, c: AnchoredCosts, P: int, keep_best: bool = True):
+    """Per rank: (checkpointed state, what the anchor pass keeps for the multiplier pass). State
+    per layer with W rows×k: W, the anchor's W and gradient, keep_best's copy (itemsize each) and
+    the input Gram sum k×k (float64); kept: bytes per column and layer × N_fit × layers."""
+    d = shape.width
+    fan = {"first": (d, shape.d_in + 1), "hidden": (d, d), "output": (shape.d_out, d)}
+    out = []
+    for kinds in layer_kinds(shape.depth, P):
+        state = sum((3 + keep_best) * fan[k][0] * fan[k][1] * shape.itemsize + 8 * fan[k][1] ** 2 for k in kinds)
+        out.append((state, c.kept * shape.n_fit * len(kinds)))
+    return out

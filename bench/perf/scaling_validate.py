@@ -24,6 +24,7 @@ Results go to bench/perf/results/scaling.json (the numbers docs/scaling_model.md
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -42,10 +43,15 @@ P_MAX = 1024
 CORES = len(os.sched_getaffinity(0))
 
 # the measured configurations: (method, CLI arguments, local P, namespace placements)
+PROXIMAL = si.proximal_args()      # the paper variant's rows: radmm.variant = proximal, its penalties
+ANCHORED = ["--iters", "24", "--set", "train.log_every=1"]    # the default variant, pipeline schedule
 CASES = {
-    "radmm-jacobi": ("radmm", ["--set", "radmm.schedule=jacobi", "--iters", "8", "--set", "train.log_every=1"],
+    "radmm-anchored": ("anchored", ANCHORED, [1, 2, 4], [[1, 1]]),
+    "radmm-anchored-m2": ("anchored", [*ANCHORED, "--set", "radmm.microbatches=2"], [1, 2], []),
+    "radmm-jacobi": ("radmm", [*PROXIMAL, "--set", "radmm.schedule=jacobi", "--iters", "8",
+                               "--set", "train.log_every=1"],
                      [1, 2, 4, 8], [[1, 1], [1, 1, 1], [2, 2]]),
-    "radmm-two-colour": ("radmm", ["--set", "radmm.schedule=two-colour", "--iters", "8",
+    "radmm-two-colour": ("radmm", [*PROXIMAL, "--set", "radmm.schedule=two-colour", "--iters", "8",
                                    "--set", "train.log_every=1"], [1, 2, 4, 8], [[1, 1], [2, 2]]),
     "backprop": ("backprop", ["--algo", "backprop", "--iters", "40", "--set", "train.log_every=4"],
                  [1, 2, 4, 8], [[1, 1], [2, 2]]),
@@ -79,14 +85,24 @@ def run_cli(args, P, run_dir, cluster=None, placement=None):
     with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
         recs = [json.loads(line) for line in fh]
     # each rank's compute CPU per iteration in each logging interval after the first (which
-    # allocates and warms up); the least of them: other load only ever inflates CPU time
-    cpu = None
+    # allocates and warms up); the least of them: other load only ever inflates CPU time. The
+    # anchored variant: only intervals of accepted iterations (a rejected one has no multiplier
+    # pass), and the wall time as their median (train.log_every = 1: one iteration each)
+    cpu, walls = None, []
     for a, b in zip(recs[1:], recs[2:]):
         n = b["iter"] - a["iter"]
+        if "accepted" in b and b["accepted"] - a["accepted"] != n:
+            continue
+        walls.append(b["time_per_iter_s"])
         per = [(y - x) / n for x, y in zip(a["phase_cpu_s"]["compute"], b["phase_cpu_s"]["compute"])]
         cpu = per if cpu is None else [min(u, v) for u, v in zip(cpu, per)]
-    return {"wall_per_iter": s["time_per_iter_s"], "bytes_per_iter": s["bytes_sent_per_iter"],
-            "state_mb": s["state_mb_max_rank"], "compute_cpu": cpu}
+    out = {"wall_per_iter": s["time_per_iter_s"], "bytes_per_iter": s["bytes_sent_per_iter"],
+           "state_mb": s["state_mb_max_rank"], "compute_cpu": cpu}
+    if "accepted" in recs[-1]:
+        out["wall_per_iter"] = sorted(walls)[len(walls) // 2]
+        out["accepted_share"] = recs[-1]["accepted"] / (recs[-1]["accepted"] + recs[-1]["rejected"])
+        out["accepted_iters"] = len(walls)
+    return out
 
 
 # ---- the model for each method ---------------------------------------------------------------------
@@ -103,6 +119,9 @@ class Inputs:
         if method == "radmm":
             shape, costs = si.radmm_costs(si.config(args))
             self.data["radmm"] = {"shape": vars(shape), "costs": vars(costs)}
+        elif method == "anchored":
+            shape, costs, _ = si.anchored_costs(si.config(args))
+            self.data["anchored"] = {"shape": vars(shape), "costs": vars(costs)}
         elif method == "backprop":
             costs, params, pts = si.backprop_costs(si.config(args))
             self.data["backprop"] = {"costs": {k: float(v) for k, v in vars(costs).items()},
@@ -118,8 +137,18 @@ class Inputs:
         self.cpu_s += time.process_time() - t0
         return dict(self.data[method])
 
-    def predict(self, method, P, schedule, intra, inter, placement=None, measured=None):
+    def predict(self, method, P, schedule, intra, inter, placement=None, measured=None, m=0, share=1.0):
         d = self.data
+        if method == "anchored":
+            shape, costs = sm.AnchoredShape(**d["anchored"]["shape"]), sm.AnchoredCosts(**d["anchored"]["costs"])
+            model = functools.partial(sm.predict_anchored, shape, costs, P, intra, inter, placement, m)
+            out = model()
+            if measured:
+                out["cpu_path"] = model(rank_compute=measured)["total"]
+            # bytes per iteration of the busiest rank over the run's accepted and rejected iterations
+            rej = model(accepted=False)["rank_bytes"]
+            out["bytes"] = max(share * a + (1 - share) * b for a, b in zip(out["rank_bytes"], rej))
+            return out
         if method == "radmm":
             shape, costs = sm.RadmmShape(**d["radmm"]["shape"]), sm.RadmmCosts(**d["radmm"]["costs"])
             out = sm.predict_radmm(shape, costs, P, schedule, intra, inter, placement)
@@ -173,7 +202,9 @@ def validate(inputs, only, nets, cluster, runs=True):
             where = "netns" if placement else "host"
             inter = nets["veth"] if placement else nets["shm"]
             node_of = [i for i, k in enumerate(placement) for _ in range(k)] if placement else None
-            pred = inputs.predict(method, P, schedule, nets["shm"], inter, node_of, meas["compute_cpu"])
+            m = si.config(COMMON + args, P).radmm.microbatches if method == "anchored" else 0
+            pred = inputs.predict(method, P, schedule, nets["shm"], inter, node_of, meas["compute_cpu"], m,
+                                  meas.get("accepted_share", 1.0))
             row = {"case": name, "P": P, "where": where, "placement": placement,
                    # (the namespace nodes share this host's cores)
                    "oversubscribed": P > CORES, "load_before": before, "load_after": load(),
@@ -183,6 +214,12 @@ def validate(inputs, only, nets, cluster, runs=True):
                    "measured_compute_cpu_max": max(meas["compute_cpu"]),
                    "measured_bytes": meas["bytes_per_iter"], "predicted_bytes": pred.get("bytes"),
                    "measured_state_mb": meas["state_mb"], "predicted_memory_mb": pred["memory"] / 2**20}
+            if method == "anchored":        # the compute model itself: the busiest rank's CPU per iteration
+                row.update(chunks=pred["chunks"], predicted_state_mb=pred["state"] / 2**20,
+                           accepted_iters=meas["accepted_iters"], accepted_share=meas["accepted_share"],
+                           predicted_compute_cpu_max=max(pred["rank_compute"]),
+                           err_rank_cpu=max(pred["rank_compute"]) / max(meas["compute_cpu"]) - 1,
+                           link=vars(inter))
             row["err_wall"] = pred["total"] / meas["wall_per_iter"] - 1
             row["err_cpu"] = pred["total"] / pred["cpu_path"] - 1 if pred.get("cpu_path") else None
             one = next((r for r in rows if r["case"] == name and r["P"] == 1), None)
@@ -218,7 +255,7 @@ def curves(inputs, fit, nets, big: bool):
     d = inputs.data
     out = {}
     networks = [("shared memory", nets["shm"])] + [(n.name, n) for n in sm.NETWORKS]   # shm: as measured here
-    for method in ("radmm-jacobi", "radmm-two-colour", "backprop", "parmac", "trgl"):
+    for method in ("radmm-anchored", "radmm-jacobi", "radmm-two-colour", "backprop", "parmac", "trgl"):
         kind = CASES[method][0]
         if kind not in d:
             continue
@@ -239,7 +276,7 @@ def curves(inputs, fit, nets, big: bool):
 
 def small_predict(inputs, kind, method, P, net):
     d = inputs.data
-    if kind == "radmm" and P > d["radmm"]["shape"]["depth"]:
+    if kind in ("radmm", "anchored") and P > d[kind]["shape"]["depth"]:
         return None
     if kind == "trgl":
         if str(P) not in d["trgl"]:
@@ -254,9 +291,14 @@ def small_predict(inputs, kind, method, P, net):
 
 def big_predict(kind, method, P, net, d, fit):
     B = BIG
+    if kind == "anchored":           # radmm.val_fraction = 0.1 of the training points validate
+        n_val = round(0.1 * B["n"])
+        shape = sm.AnchoredShape(B["depth"], B["width"], B["n"] - n_val, n_val, B["d_in"], B["d_out"], B["itemsize"])
+        costs = si.anchored_costs_at(fit["anchored"], B["width"], B["d_in"], B["d_out"], B["itemsize"])
+        return sm.predict_anchored(shape, costs, P, net, net) if P <= B["depth"] else None
     if kind == "radmm":
         shape = sm.RadmmShape(B["depth"], B["width"], B["n"], B["d_in"], B["d_out"], B["itemsize"])
-        costs = si.radmm_costs_at(fit, B["width"], B["n"], B["d_in"])
+        costs = si.radmm_costs_at(fit["radmm"], B["width"], B["n"], B["d_in"])
         if P > B["depth"]:
             return None
         return sm.predict_radmm(shape, costs, P, "two-colour" if "two-colour" in method else "jacobi", net, net)
@@ -390,7 +432,7 @@ def plot(rows, small, big, path):
         ax.set_yscale("log")
         ax.set_title(f"{m}: memory, beyond", fontsize=10)
         ax.set_xlabel("ranks P")
-        ax.set_ylabel("GiB per rank (state)")
+        ax.set_ylabel("GiB per rank (state" + (" + anchor graph)" if m == "radmm-anchored" else ")"))
         ax.grid(alpha=0.3, which="both")
     loads = [float(r["load_before"].split()[0]) for r in rows]
     span = f" (load {min(loads):.0f}-{max(loads):.0f} on {CORES} cores)" if loads else ""
@@ -418,7 +460,7 @@ def main():
         with open(args.replot) as fh:
             res = json.load(fh)
         plot(res["validation"], res["predicted_small"], res["predicted_big"], args.plot)
-        summarise(res["validation"], res["predicted_big"])
+        summarise(res["validation"], res["predicted_big"], res["predicted_small"])
         return
     os.environ["OMP_NUM_THREADS"] = "1"
     t0 = time.time()
@@ -440,7 +482,9 @@ def main():
             print(f"network {k}: alpha {n.alpha * 1e6:.1f} us, beta {n.beta / 1e9:.2f} GB/s", flush=True)
         inputs = Inputs()
         rows = validate(inputs, args.only, nets, cluster, runs=not args.no_runs)
-        fit = si.radmm_fit() if any(CASES[c][0] == "radmm" for c in args.only) else None
+        kinds = {CASES[c][0] for c in args.only}
+        fit = {"radmm": si.radmm_fit() if "radmm" in kinds else None,
+               "anchored": si.anchored_fit() if "anchored" in kinds else None}
     finally:
         if cluster is not None:
             cluster.down()
@@ -448,18 +492,41 @@ def main():
     big = curves(inputs, fit, nets, big=True)
     out = {"load_start_end": [None, load()], "seconds": time.time() - t0,
            "networks": {k: vars(n) for k, n in nets.items()}, "inputs": inputs.measured,
-           "inputs_cpu_s": inputs.cpu_s, "radmm_fit": fit,
+           "inputs_cpu_s": inputs.cpu_s, "radmm_fit": fit["radmm"], "anchored_fit": fit["anchored"],
            "big": BIG, "validation": rows, "predicted_small": small, "predicted_big": big}
+    out = merge(args.out, out, args.only)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as fh:
         json.dump(out, fh, indent=1, default=float)
-    plot(rows, small, big, args.plot)
-    summarise(rows, big)
+    plot(out["validation"], out["predicted_small"], out["predicted_big"], args.plot)
+    summarise(out["validation"], out["predicted_big"], out["predicted_small"])
 
 
-def summarise(rows, big):
-    for kind in ("err_wall", "err_cpu", "err_speedup"):
-        sel = [r for r in rows if r[kind] is not None and (kind != "err_wall" or not r["oversubscribed"])]
+def merge(path, new, only):
+    """A run of some cases (--only) replaces their rows, inputs and curves in an existing results
+    file and keeps the other cases' (each row records the load and link it was measured at)."""
+    if set(only) == set(CASES) or not os.path.exists(path):
+        return new
+    with open(path) as fh:
+        old = json.load(fh)
+    out = dict(old, big=new["big"], load_start_end=new["load_start_end"])
+    out["validation"] = [r for r in old["validation"] if r["case"] not in only] + new["validation"]
+    for k in ("inputs", "predicted_small", "predicted_big"):
+        out[k] = {**old.get(k, {}), **new[k]}
+    for k in ("radmm_fit", "anchored_fit"):
+        out[k] = new[k] if new[k] is not None else old.get(k)
+    out.setdefault("runs", []).append({"only": list(only), "seconds": new["seconds"], "networks": new["networks"]})
+    return out
+
+
+def summarise(rows, big, small=None):
+    for m, nets in (small or {}).items():
+        for net in ("shared memory", "100 Gb/s"):
+            eff = {P: E for P, _, E, _ in nets.get(net, [])}
+            print(f"{m:<17} measured size, {net}: efficiency "
+                  + ", ".join(f"P={P} {eff[P]:.2f}" for P in (2, 4, 8, 16) if P in eff))
+    for kind in ("err_wall", "err_cpu", "err_speedup", "err_rank_cpu"):
+        sel = [r for r in rows if r.get(kind) is not None and (kind != "err_wall" or not r["oversubscribed"])]
         if sel:
             errs = [abs(r[kind]) for r in sel]
             print(f"{kind}: {len(sel)} runs, median |error| {sorted(errs)[len(errs) // 2]:.0%}, max {max(errs):.0%}")
