@@ -156,17 +156,23 @@ def test_config_errors():
             validate(bad, world_size=1)
 
 
-def test_cli_runs_mac_and_scores_the_nested_model(cli, tmp_path, capsys):
+@pytest.mark.parametrize("data", ["synthetic-regression", "synthetic-classification"])
+def test_cli_runs_mac_and_scores_the_nested_model(cli, tmp_path, capsys, data):
+    """The final table has the output-layer-only reference (least squares or the multinomial
+    logistic fit on the initial network's features) beside MAC and Adam."""
     from radmm_hpc.cli import main
-    proc, _ = cli(["--algo", "mac", "--data", "synthetic-regression", "--iters", "4",
+    proc, _ = cli(["--algo", "mac", "--data", data, "--iters", "4",
                    "--run-dir", str(tmp_path), "--set", "model.width=8", "--set", "model.depth=2",
-                   "--set", "data.n_samples=80", "--set", "train.compare=false"])
+                   "--set", "data.n_samples=80"])
     assert proc.returncode == 0, proc.stderr
     s = json.load(open(tmp_path / "summary.json"))
-    assert s["algo"] == "mac" and np.isfinite(s["test_mse"])
+    key = "test_mse" if data.endswith("regression") else "test_accuracy"
+    assert s["algo"] == "mac" and np.isfinite(s[key])
+    assert key in s["baselines"]["output_layer_only"] and "output_layer_only" in proc.stdout
+    assert "backprop_adam_same_wall_clock" in s["baselines"]
     assert main(["eval", str(tmp_path)]) == 0        # model.h5 is the FCResNet layout
     out = capsys.readouterr().out
-    assert f"{s['test_mse']:.6g}" in out, out
+    assert f"{s[key]:.6g}" in out, out
 
 
 @pytest.mark.parametrize("arch", ["fcresnet", "mlp"])
