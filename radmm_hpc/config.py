@@ -178,6 +178,7 @@ class MacCfg:
     iters_per_mu: int = 3         # MAC alternations (W-step + Z-step) per μ value
     epochs: int = 1               # Gauss–Newton steps (ring epochs) of every submodel per W-step
     lm: float = 1.0               # initial Levenberg–Marquardt damping of each row's fit
+    weight_decay: float = 0.0     # ridge of each hidden row's fit (per point; in E_Q times μ)
     output: str = "refit"         # refit (output layer fitted on the forward features at μ stage
                                   # ends only) | fit (also fitted to Z in every W-step, the paper's)
     refit_steps: int = 10         # Newton steps of a softmax output layer's refit (regression: exact)
@@ -473,7 +474,7 @@ def _validate_mac(cfg: Config, world_size: int) -> None:
         raise ConfigError(f"mac.mu_factor must be > 1 (μ grows), got {a.mu_factor}")
     for name in ("mu_steps", "iters_per_mu", "epochs", "refit_steps"):
         _positive(f"mac.{name}", getattr(a, name))
-    for name in ("ridge", "z_steps", "unit_groups", "shards", "patience", "tol"):
+    for name in ("ridge", "weight_decay", "z_steps", "unit_groups", "shards", "patience", "tol"):
         _positive(f"mac.{name}", getattr(a, name), strict=False)
     if not 0.0 <= a.val_fraction < 0.5:
         raise ConfigError(f"mac.val_fraction must be in [0, 0.5), got {a.val_fraction}")

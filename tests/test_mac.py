@@ -13,11 +13,11 @@ from tests.support.checkpoints import same_weights
 from tests.support.configs import mac_cfg
 
 
-@pytest.mark.parametrize("variant,task,output,coords", [
-    ("qp", "regression", "refit", "u"), ("al", "regression", "fit", "u"),
-    ("qp", "classification", "fit", "u"), ("qp", "regression", "fit", "z")])
-def test_e_q_decreases_across_w_and_z_steps(variant, task, output, coords):
-    cfg = mac_cfg(variant=variant, shards=3, output=output, z_coords=coords)
+@pytest.mark.parametrize("variant,task,output,coords,decay", [
+    ("qp", "regression", "refit", "u", 0.0), ("al", "regression", "fit", "u", 0.05),
+    ("qp", "classification", "fit", "u", 0.0), ("qp", "regression", "fit", "z", 0.0)])
+def test_e_q_decreases_across_w_and_z_steps(variant, task, output, coords, decay):
+    cfg = mac_cfg(variant=variant, shards=3, output=output, z_coords=coords, weight_decay=decay)
     if task == "classification":
         cfg.data.name = "synthetic-classification"
     tr = make_trainer(cfg)
@@ -43,7 +43,7 @@ def test_gauss_newton_fits_are_exact_where_they_should_be():
     tr = make_trainer(cfg)
     tr.zstep(2.0)
     tr.damp[-1].fill_(1e-12)
-    tr.gn_epoch(0, [tr.out_sub], lambda j, sm: (tr.sh[j]["Z"][-1], None, tr.sh[j]["y"]))
+    tr.gn_epoch(0, [tr.out_sub], lambda j, sm: (tr.sh[j]["Z"][-1], None, tr.sh[j]["y"]), lambda sm: 0.0)
     Zk = torch.cat([tr.sh[j]["Z"][-1] for j in range(3)]).numpy()
     y = torch.cat([tr.sh[j]["y"] for j in range(3)]).numpy()
     coef, *_ = np.linalg.lstsq(Zk, y, rcond=None)

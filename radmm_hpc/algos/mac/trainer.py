@@ -139,15 +139,16 @@ class MacTrainer(Trainer):
         def inputs(j, sm):
             s = self.sh[j]
             return (*self.nested.fit_inputs(sm, s["z0"], s["Z"], s["Lam"], mu), s["y"])
+        decay = self.c.weight_decay * self.n_fit
         for _ in range(self.c.epochs):
-            self.gn_epoch(it, self.trained, inputs)
+            self.gn_epoch(it, self.trained, inputs, lambda sm: 0.0 if self.nested.is_output(sm) else decay)
 
     @torch.no_grad()
-    def gn_epoch(self, it: int, subs, inputs, ridge: float = 0.0) -> None:
+    def gn_epoch(self, it: int, subs, inputs, ridge) -> None:
         """One Gauss–Newton step of every submodel in `subs`: its statistics travel the ring and
         accumulate over the S shards (inputs(j, sm) = (input, target, y) on shard j), the last
         holder solves, a copy round sends the new rows to every rank, the guard keeps or undoes
-        each row. ridge (sum convention) adds (ridge/2)‖W‖² to the output layer's fit."""
+        each row. ridge(sm) (sum convention) adds (ridge/2)‖W‖² to the submodel's fit."""
         old = {sm.index: self.rows(sm).clone() for sm in subs}
         stats = {}
         for t in range(self.S):
@@ -162,9 +163,8 @@ class MacTrainer(Trainer):
                             for acc, new in zip(stats[sm.index], st):
                                 acc += new
                         if t == self.S - 1:
-                            r = ridge if self.nested.is_output(sm) else 0.0
                             self.rows(sm).copy_(self.nested.gn_step(sm, self.rows(sm), stats.pop(sm.index),
-                                                                    self.damp[sm.index], r))
+                                                                    self.damp[sm.index], ridge(sm)))
             if self.P > 1 and t < self.S - 1:
                 mine = self.held(subs, self.rank, it, t)
                 theirs = self.held(subs, (self.rank - 1) % self.P, it, t)
@@ -195,7 +195,7 @@ class MacTrainer(Trainer):
         return [sum(parts[j][i] for j in range(self.S)) for i in range(len(parts[0]))]
 
     @torch.no_grad()
-    def _guard(self, subs, old, inputs, ridge: float) -> None:
+    def _guard(self, subs, old, inputs, ridge) -> None:
         """Keep a row's previous weights where its new fit is worse over all shards (submodels and
         hidden rows touch disjoint terms of E_Q, so E_Q never rises); adapt the damping."""
         def terms(j):
@@ -211,9 +211,10 @@ class MacTrainer(Trainer):
             before = torch.tensor(sums[k:k + n], dtype=torch.float64)
             after = torch.tensor(sums[k + n:k + 2 * n], dtype=torch.float64)
             k += 2 * n
-            if self.nested.is_output(sm) and ridge:
-                before += 0.5 * ridge * float((old[sm.index].double() ** 2).sum())
-                after += 0.5 * ridge * float((self.rows(sm).double() ** 2).sum())
+            if ridge(sm):
+                dims = None if self.nested.is_output(sm) else 1
+                before += 0.5 * ridge(sm) * (old[sm.index].double() ** 2).sum(dim=dims).cpu()
+                after += 0.5 * ridge(sm) * (self.rows(sm).double() ** 2).sum(dim=dims).cpu()
             ok = (after <= before).to(self.device)
             rows = self.rows(sm)
             if self.nested.is_output(sm):
@@ -231,9 +232,10 @@ class MacTrainer(Trainer):
         (exact least squares; softmax: mac.refit_steps guarded Newton steps), ridge mac.ridge."""
         feats = {j: self.nested.forward(self.W, s["X"])[1][-1] for j, s in self.sh.items()}
         steps = self.c.refit_steps if self.ds.task == "classification" else 1
+        ridge = self.c.ridge * self.n_fit
         for _ in range(steps):
             self.gn_epoch(it, [self.out_sub], lambda j, sm: (feats[j], None, self.sh[j]["y"]),
-                          ridge=self.c.ridge * self.n_fit)
+                          lambda sm: ridge)
 
     def zstep(self, mu: float) -> None:
         fn = z_step_u if self.c.z_coords == "u" else z_step
@@ -282,7 +284,9 @@ class MacTrainer(Trainer):
             return [float(loss.sum()), float(pen.sum()), float(2 * viol.sum())]
         loss, pen, viol = self._shard_sums(parts)
         n = max(1, self.n_fit)
-        return {"E_Q": (loss + mu * pen) / n, "violation": viol / n, "aux_loss": loss / n}
+        # hidden rows' weight decay, in the units of their fits (weight_decay per point, times μ)
+        decay = 0.5 * mu * self.c.weight_decay * sum(float((w.double() ** 2).sum()) for w in self.W[:-1])
+        return {"E_Q": (loss + mu * pen) / n + decay, "violation": viol / n, "aux_loss": loss / n}
 
     @torch.no_grad()
     def scores(self, weights) -> dict:
