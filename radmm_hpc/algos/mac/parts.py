@@ -182,18 +182,22 @@ class Nested:
     def gn_step(self, sm: Submodel, W_rows, stats, damping: torch.Tensor, ridge: float = 0.0):
         """New rows W + δ from summed statistics, for the fit plus (ridge/2)‖W‖²:
         (A + ridge·I + λ(diag A + ε)) δ = b − ridge·W, Levenberg–Marquardt damping λ per row of a
-        hidden block and one λ for a softmax output layer; ε (1e-6 of the mean diagonal) keeps
-        rows with no active point finite (δ = 0 there). A linear output layer gets its exact
-        (ridge) least-squares fit, no damping."""
-        A, b = stats
-        if self.is_output(sm):
-            if self.task != "classification":
-                M = A + (ridge + 1e-12 * float(A.diagonal().mean())) * _eye(A)
-                return W_rows + torch.linalg.solve(M, (b - ridge * W_rows).T).T
-            rhs = (b - ridge * W_rows).reshape(-1)
-            return W_rows + torch.linalg.solve(_damped(A, damping[0], ridge), rhs).reshape(b.shape)
-        M = _damped(A, damping[:, None, None], ridge)
-        return W_rows + torch.linalg.solve(M, (b - ridge * W_rows)[:, :, None])[:, :, 0]
+        hidden block and one λ for a softmax output layer; ε (about 1e-6 of the mean diagonal)
+        keeps rows with no active point, and inputs that never vary, finite (δ = 0 there). A
+        linear output layer gets its exact (ridge) least-squares fit, no damping. The small
+        systems are solved in float64 whatever the training precision."""
+        A, b = (x.double() for x in stats)
+        W = W_rows.double()
+        if self.is_output(sm) and self.task != "classification":
+            M = A + (ridge + 1e-12 * float(A.diagonal().mean()) + 1e-30) * _eye(A)
+            delta = torch.linalg.solve(M, (b - ridge * W).T).T
+        elif self.is_output(sm):
+            M = _damped(A, float(damping[0]), ridge)
+            delta = torch.linalg.solve(M, (b - ridge * W).reshape(-1)).reshape(b.shape)
+        else:
+            M = _damped(A, damping.double()[:, None, None], ridge)
+            delta = torch.linalg.solve(M, (b - ridge * W)[:, :, None])[:, :, 0]
+        return (W + delta).to(W_rows.dtype)
 
 
 def _eye(A: torch.Tensor) -> torch.Tensor:
@@ -201,9 +205,10 @@ def _eye(A: torch.Tensor) -> torch.Tensor:
 
 
 def _damped(A: torch.Tensor, lam, ridge: float) -> torch.Tensor:
-    """A + ridge·I + λ(diag A + ε I) for one matrix or a batch (λ broadcast per matrix)."""
+    """A + ridge·I + λ(diag A + ε I) for one matrix or a batch (λ broadcast per matrix), with
+    ε = 1e-6 of the matrix's mean diagonal plus 1e-9 of the batch's (a row with no data)."""
     diag = A.diagonal(dim1=-2, dim2=-1)
-    eps = diag.mean(dim=-1).clamp_min(1e-30)[..., None, None] * 1e-6
+    eps = (1e-6 * diag.mean(dim=-1) + 1e-9 * diag.mean() + 1e-30)[..., None, None]
     return A + ridge * _eye(A) + lam * (torch.diag_embed(diag) + eps * _eye(A))
 
 
