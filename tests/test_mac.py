@@ -38,7 +38,7 @@ def test_gauss_newton_fits_are_exact_where_they_should_be():
     """One ring epoch over 3 shards: the linear output layer gets the least-squares fit of all
     points; a ReLU row whose targets a ReLU row with the same active set produced is recovered
     (the active-set linear fit); the sums do not depend on how the points are split."""
-    from radmm_hpc.algos.mac_parts import Submodel
+    from radmm_hpc.algos.mac.parts import Submodel
     cfg = mac_cfg(shards=3, output="fit")
     tr = make_trainer(cfg)
     tr.zstep(2.0)

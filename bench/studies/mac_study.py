@@ -19,7 +19,7 @@ import time
 import numpy as np
 import torch
 
-from radmm_hpc.algos.mac import MacTrainer, layer_movement
+from radmm_hpc.algos.mac.trainer import MacTrainer, layer_movement
 from radmm_hpc.comm import Comm
 from radmm_hpc.config import Config, parse_set, set_value, validate
 from radmm_hpc.data import load_dataset
@@ -59,7 +59,8 @@ def main():
             parts = tr.objective_parts(tr.mu)
             print(f"it {it:3d} mu {tr.mu:8.3g}: viol {parts['violation']:.2e} aux {parts['aux_loss']:.4f} | "
                   f"train {s['train_' + key]:.4f} val_loss {tr.val_loss():.4f} test {s['test_' + key]:.4f} | "
-                  f"stage val_loss {tr.stage_val:.4f} best {tr.best_val:.4f} skipped {tr.skipped} | move in {mv[0]:.3f} "
+                  f"stage val_loss {tr.stage_val:.4f} best {tr.best_val:.4f} skipped {tr.skipped} | "
+                  f"move in {mv[0]:.3f} "
                   f"res mean {np.mean(mv[1:-1]):.3f} max {np.max(mv[1:-1]):.3f} out {mv[-1]:.2f} | "
                   f"undone rows {tr.rejected} | cpu {time.process_time() - t0:.1f}s", flush=True)
     best = tr.scores(tr._export())

@@ -15,7 +15,6 @@ import math
 from dataclasses import dataclass
 from typing import List
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
