@@ -337,6 +337,14 @@ class MacTrainer(Trainer):
         return self.scores(weights)
 
     # ---- checkpoint ----------------------------------------------------------------------------------
+    def resume_problem(self, manifest: dict) -> str | None:
+        # before the Gauss–Newton W-step MAC fitted by Adam minibatches (mac.lr, mac.batch_size):
+        # such a checkpoint holds Adam moments and no damping
+        if "batch_size" in manifest.get("config", {}).get("mac", {}):
+            return ("it was written by MAC with the Adam W-step (mac.lr, mac.batch_size) of an "
+                    "earlier radmm_hpc, whose state the Gauss-Newton W-step cannot continue: start a new run")
+        return None
+
     def state(self):
         out = {"scalars": np.array([self.mu, self.best_val, self.worse, self.skipped, self.rejected,
                                     float(self.done), self.last_p2p, self.last_bytes, self.stage_val],
