@@ -115,6 +115,8 @@ def test_training_beats_the_initial_network_and_stops_at_the_schedule_end(tmp_pa
     assert [r["mu"] for r in rec] == [1.0, 2.0, 4.0, 8.0] and rec[-1]["converged"] == 1.0
     move = rec[-1]["layer_movement"]            # ‖W_l − W_l⁰‖/‖W_l⁰‖ per layer, every interval
     assert len(move) == cfg.model.depth + 1 and all(m > 1e-3 for m in move), move
+    assert rec[-1]["movement_output"] == move[-1] and rec[-1]["movement_lower_half"] == move[0]
+    assert rec[-1]["movement_upper_half"] == pytest.approx((move[1] + move[2]) / 2, rel=1e-12)
 
 
 def test_validation_skips_a_stage_that_makes_the_nested_model_worse():

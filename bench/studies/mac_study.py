@@ -19,7 +19,7 @@ import time
 import numpy as np
 import torch
 
-from radmm_hpc.algos.mac.trainer import MacTrainer, layer_movement
+from radmm_hpc.algos.mac.trainer import MacTrainer, weight_movement
 from radmm_hpc.comm import Comm
 from radmm_hpc.config import Config, parse_set, set_value, validate
 from radmm_hpc.data import load_dataset
@@ -55,7 +55,7 @@ def main():
         tr.step(it)
         it += 1
         if it % cfg.mac.iters_per_mu == 0 or tr.done:
-            s, mv = tr.scores(tr.W), layer_movement(tr.W, tr.W0)
+            s, mv = tr.scores(tr.W), weight_movement(tr.W, tr.W0)["layer_movement"]
             parts = tr.objective_parts(tr.mu)
             print(f"it {it:3d} mu {tr.mu:8.3g}: viol {parts['violation']:.2e} aux {parts['aux_loss']:.4f} | "
                   f"train {s['train_' + key]:.4f} val_loss {tr.val_loss():.4f} test {s['test_' + key]:.4f} | "

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from radmm_hpc.algos.base import Trainer
+from radmm_hpc.algos.base import Trainer, movement_metrics
 from radmm_hpc.algos.mac.parts import Nested, auto_groups, make_submodels, z_step, z_step_u
 from radmm_hpc.comm import TAG
 from radmm_hpc.data import shard_range
@@ -45,9 +45,10 @@ def split_fit_val(n: int, fraction: float, seed: int):
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def layer_movement(weights, initial) -> list:
-    """‖W_l − W_l⁰‖ / ‖W_l⁰‖ per layer: how far training moved each layer from its initialisation."""
-    return [float((w - w0).norm() / w0.norm().clamp_min(1e-30)) for w, w0 in zip(weights, initial)]
+def weight_movement(weights, initial) -> dict:
+    """The movement metrics of every layer (base.movement_metrics, as for RADMM)."""
+    return movement_metrics([float(((w.double() - w0.double()) ** 2).sum()) for w, w0 in zip(weights, initial)],
+                            [float((w0.double() ** 2).sum()) for w0 in initial])
 
 
 class MacTrainer(Trainer):
@@ -320,8 +321,8 @@ class MacTrainer(Trainer):
                   "submodels": float(len(self.subs)), "rejected_fits": float(self.rejected),
                   "skipped_stages": float(self.skipped),
                   "stage_val_loss": self.stage_val, "p2p_bytes_last_iter": float(sum(sent)),
-                  "submodel_bytes_last_iter": float(self.last_bytes),
-                  "layer_movement": layer_movement(self.W, self.W0)})
+                  "submodel_bytes_last_iter": float(self.last_bytes)})
+        m.update(weight_movement(self.W, self.W0))
         return m
 
     def _export(self):
