@@ -178,6 +178,8 @@ class MacCfg:
     iters_per_mu: int = 1         # MAC alternations (Z-step + W-step) per μ value
     epochs: int = 1               # Gauss–Newton steps (ring epochs) of every submodel per W-step
     lm: float = 0.01              # initial Levenberg–Marquardt damping of each row's fit
+    lm_min: float = 1e-6          # its floor (it shrinks ×1/3 after a kept step, grows ×10 after an
+                                  # undone one): a high floor keeps every step damped (regularises)
     weight_decay: float = 0.0     # ridge of each hidden row's fit (per point; in E_Q times μ)
     output: str = "refit"         # refit (output layer fitted on the forward features at μ stage
                                   # ends only) | fit (also fitted to Z in every W-step, the paper's)
@@ -468,7 +470,7 @@ def _validate_mac(cfg: Config, world_size: int) -> None:
     _choice("mac.variant", a.variant, ("qp", "al"))
     _choice("mac.output", a.output, ("refit", "fit"))
     _choice("mac.z_coords", a.z_coords, ("u", "z"))
-    for name in ("mu0", "lm"):
+    for name in ("mu0", "lm", "lm_min"):
         _positive(f"mac.{name}", getattr(a, name))
     if a.mu_factor <= 1.0:
         raise ConfigError(f"mac.mu_factor must be > 1 (μ grows), got {a.mu_factor}")

@@ -238,6 +238,31 @@ def _u_objective(nested, weights, z0, U, y, Lam, mu):
     return nested.loss_rows(Z[-1] @ weights[-1].T, y) + mu * pen
 
 
+def _rows(ts, idx):
+    return None if ts is None else [t[idx] for t in ts]
+
+
+def _armijo(evaluate, V, grads, e0, gn2, alpha, max_halvings: int) -> None:
+    """One gradient step per point with per-point Armijo backtracking: V ← V − a·grad where
+    evaluate(idx, trial) (each point's objective at the trial values of the points idx) falls by
+    at least a·‖grad‖²/2; a starts at the point's alpha, halves on failure; alpha doubles after a
+    success (at most 1e3) and keeps the last halved size after max_halvings failures. Only the
+    points still searching are evaluated again. V and alpha are updated in place."""
+    idx = torch.nonzero(gn2 > 0).squeeze(1)
+    a = alpha[idx].clone()
+    for _ in range(max_halvings):
+        if idx.numel() == 0:
+            break
+        trial = [v[idx] - a[:, None] * g[idx] for v, g in zip(V, grads)]
+        ok = evaluate(idx, trial) <= e0[idx] - 0.5 * a * gn2[idx]
+        done = idx[ok]
+        for v, tv in zip(V, trial):
+            v[done] = tv[ok]
+        alpha[done] = torch.clamp(a[ok] * 2.0, max=1e3)
+        idx, a = idx[~ok], a[~ok] * 0.5
+    alpha[idx] = a      # no step found at this size: start smaller next time
+
+
 def z_step_u(nested: Nested, weights, z0, Z, y, Lam, mu, alpha, n_steps: int, max_halvings: int = 30):
     """The Z-step in violation coordinates: the same per-point problem as z_step, with the
     unknowns u_k = z_k − f_k(z_{k−1}) instead of z_k. A gradient step then moves every layer at
@@ -247,27 +272,15 @@ def z_step_u(nested: Nested, weights, z0, Z, y, Lam, mu, alpha, n_steps: int, ma
         return
     with torch.no_grad():
         U = [r.clone() for r in nested.residuals(weights, z0, Z, None, mu)]
+
+    def evaluate(idx, trial):
+        return _u_objective(nested, weights, z0[idx], trial, y[idx], _rows(Lam, idx), mu)
     for _ in range(n_steps):
         Uv = [u.detach().clone().requires_grad_(True) for u in U]
         e0 = _u_objective(nested, weights, z0, Uv, y, Lam, mu)
         grads = torch.autograd.grad(e0.sum(), Uv)
         with torch.no_grad():
-            e0 = e0.detach()
-            gn2 = sum((g ** 2).sum(dim=1) for g in grads)
-            a = alpha.clone()
-            todo = gn2 > 0
-            for _ in range(max_halvings):
-                trial = [u - a[:, None] * g for u, g in zip(U, grads)]
-                e1 = _u_objective(nested, weights, z0, trial, y, Lam, mu)
-                ok = todo & (e1 <= e0 - 0.5 * a * gn2)
-                for u, tu in zip(U, trial):
-                    u[ok] = tu[ok]
-                alpha[ok] = torch.clamp(a[ok] * 2.0, max=1e3)
-                todo = todo & ~ok
-                if not bool(todo.any()):
-                    break
-                a = torch.where(todo, a * 0.5, a)
-            alpha[todo] = a[todo]
+            _armijo(evaluate, U, grads, e0.detach(), sum((g ** 2).sum(dim=1) for g in grads), alpha, max_halvings)
     with torch.no_grad():
         for z, new in zip(Z, chain(nested, weights, z0, U)):
             z.copy_(new)
@@ -275,29 +288,17 @@ def z_step_u(nested: Nested, weights, z0, Z, y, Lam, mu, alpha, n_steps: int, ma
 
 def z_step(nested: Nested, weights, z0, Z, y, Lam, mu, alpha, n_steps: int, max_halvings: int = 30):
     """Gradient steps on each point's own problem, batched over the points of one shard, with a
-    per-point Armijo backtracking step size: no point's objective ever increases, and each point's
-    computation does not depend on the others (the same result in any batching by shards).
-    Z (list of K tensors) and alpha (per-point step sizes) are updated in place."""
+    per-point Armijo backtracking step size (_armijo): no point's objective ever increases, and
+    each point's step does not depend on the others'. Z (list of K tensors) and alpha (per-point
+    step sizes) are updated in place."""
     if z0.shape[0] == 0:
         return
+
+    def evaluate(idx, trial):
+        return nested.objective(weights, z0[idx], trial, y[idx], _rows(Lam, idx), mu)
     for _ in range(n_steps):
         Zv = [z.detach().clone().requires_grad_(True) for z in Z]
         e0 = nested.objective(weights, z0, Zv, y, Lam, mu)
         grads = torch.autograd.grad(e0.sum(), Zv)
         with torch.no_grad():
-            e0 = e0.detach()
-            gn2 = sum((g ** 2).sum(dim=1) for g in grads)
-            a = alpha.clone()
-            todo = gn2 > 0
-            for _ in range(max_halvings):
-                trial = [z - a[:, None] * g for z, g in zip(Z, grads)]
-                e1 = nested.objective(weights, z0, trial, y, Lam, mu)
-                ok = todo & (e1 <= e0 - 0.5 * a * gn2)
-                for z, tz in zip(Z, trial):
-                    z[ok] = tz[ok]
-                alpha[ok] = torch.clamp(a[ok] * 2.0, max=1e3)
-                todo = todo & ~ok
-                if not bool(todo.any()):
-                    break
-                a = torch.where(todo, a * 0.5, a)
-            alpha[todo] = a[todo]   # no step found at this size: start smaller next time
+            _armijo(evaluate, Z, grads, e0.detach(), sum((g ** 2).sum(dim=1) for g in grads), alpha, max_halvings)

@@ -35,7 +35,7 @@ from radmm_hpc.data import shard_range
 from radmm_hpc.models.fcresnet import init_weights
 from radmm_hpc.scoring import score_predictions, tensors_for
 
-LM_DOWN, LM_UP, LM_MIN, LM_MAX = 1 / 3, 10.0, 1e-6, 1e6   # damping after a kept / undone step
+LM_DOWN, LM_UP, LM_MAX = 1 / 3, 10.0, 1e6   # damping after a kept / undone step (floor: mac.lm_min)
 
 
 def split_fit_val(n: int, fraction: float, seed: int):
@@ -225,7 +225,7 @@ class MacTrainer(Trainer):
                 rows[~ok] = old[sm.index][~ok]
             self.rejected += int((~ok).sum())
             lam = self.damp[sm.index]
-            lam.copy_(torch.where(ok, lam * LM_DOWN, lam * LM_UP).clamp(LM_MIN, LM_MAX))
+            lam.copy_(torch.where(ok, lam * LM_DOWN, lam * LM_UP).clamp(self.c.lm_min, max(LM_MAX, self.c.lm_min)))
 
     @torch.no_grad()
     def refit(self, it: int) -> None:
