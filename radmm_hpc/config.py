@@ -189,7 +189,8 @@ class MacCfg:
     z_coords: str = "u"           # u (violations z_k − f_k(z_{k−1}): every layer moves at once) | z
     unit_groups: int = 0          # row groups per hidden layer (0 = enough for a submodel per shard)
     shards: int = 0               # data shards (0 = world size); serial with shards = P == ParMAC on P
-    val_fraction: float = 0.1     # training points held out to validate the nested model
+    val_fraction: float = 0.1     # training points held out to validate the nested model (the same
+                                  # rows as the Adam baseline's early stopping: data.validation_split)
     skip_worse: bool = False      # a μ stage that validates worse is undone (best weights, Z restarted)
     patience: int = 3             # stop after this many μ stages in a row that validate worse (0 = never)
     tol: float = 0.0              # stop when the constraint violation per point falls below

@@ -150,7 +150,7 @@ def test_config_errors():
                             ("variant", "admm", "mac.variant must be one of"),
                             ("output", "none", "mac.output must be one of"),
                             ("z_coords", "x", "mac.z_coords must be one of"),
-                            ("lm", 0.0, "mac.lm must be > 0"),
+                            ("lm", 0.0, "mac.lm must be > 0"), ("lm_min", -1.0, "mac.lm_min must be > 0"),
                             ("val_fraction", 0.7, "mac.val_fraction"),
                             ("unit_groups", 99, "mac.unit_groups = 99")]:
         bad = mac_cfg(**{key: value})

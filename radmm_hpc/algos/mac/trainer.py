@@ -31,18 +31,11 @@ import torch
 from radmm_hpc.algos.base import Trainer, movement_metrics
 from radmm_hpc.algos.mac.parts import Nested, auto_groups, make_submodels, z_step, z_step_u
 from radmm_hpc.comm import TAG
-from radmm_hpc.data import shard_range
+from radmm_hpc.data import shard_range, validation_split
 from radmm_hpc.models.fcresnet import init_weights
 from radmm_hpc.scoring import score_predictions, tensors_for
 
 LM_DOWN, LM_UP, LM_MAX = 1 / 3, 10.0, 1e6   # damping after a kept / undone step (floor: mac.lm_min)
-
-
-def split_fit_val(n: int, fraction: float, seed: int):
-    """Training rows used to fit, and rows held out to validate the nested model."""
-    perm = np.random.default_rng([seed, 7919]).permutation(n)
-    n_val = int(round(n * fraction))
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
 def weight_movement(weights, initial) -> dict:
@@ -74,7 +67,8 @@ class MacTrainer(Trainer):
         self.damp = [torch.full((sm.r1 - sm.r0 if not self.nested.is_output(sm) else 1,), c.lm,
                                 dtype=self.dtype, device=self.device) for sm in self.subs]
         X, y = tensors_for(ds, "train", self.dtype, self.device)
-        fit, val = split_fit_val(len(X), c.val_fraction, cfg.train.seed)
+        # the rows the Adam baseline's early stopping holds out too (same data.split_seed)
+        fit, val = validation_split(len(X), c.val_fraction, cfg.data.split_seed)
         self.n_fit = len(fit)
         vi = torch.as_tensor(val if len(val) else fit, device=self.device)
         self.X_val, self.y_val = X[vi], y[vi]
