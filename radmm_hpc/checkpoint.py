@@ -255,10 +255,8 @@ def _config_diff(saved: dict, cfg: dict) -> Optional[str]:
         for k, v in table.items():
             if k in free or k not in old:      # not in old: a setting added since it was written
                 continue
-            if sec in ("backprop",) and cfg["train"]["algo"] != "backprop":
-                continue
-            if sec in ("radmm",) and cfg["train"]["algo"] != "radmm":
-                continue
+            if sec in ("backprop", "radmm", "mac") and cfg["train"]["algo"] != sec:
+                continue        # another method's settings (their defaults may have changed since)
             if old.get(k) != v:
                 return f"{sec}.{k} = {old.get(k)!r} there, {v!r} in this run"
     return None

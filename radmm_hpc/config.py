@@ -173,18 +173,28 @@ class DapCfg:
 
 @dataclass
 class MacCfg:
-    variant: str = "qp"           # qp (quadratic penalty) | al (augmented Lagrangian)
-    mu0: float = 1.0              # first penalty μ (data are standardised, so it transfers)
-    mu_factor: float = 2.0        # μ_{i+1} = mu_factor · μ_i
-    mu_steps: int = 10            # μ values; the run converges when they are used up
-    iters_per_mu: int = 3         # MAC alternations (W-step + Z-step) per μ value
-    epochs: int = 1               # e: passes of every submodel over all shards per W-step
-    lr: float = 0.003             # Adam step of the W-step fits
-    batch_size: int = 64          # W-step minibatch (points of one shard)
+    """MAC / ParMAC (docs/mac.md); the defaults were chosen on Wine Quality and digits there."""
+    variant: str = "al"           # al (augmented Lagrangian) | qp (quadratic penalty)
+    mu0: float = 100.0            # first penalty μ (data are standardised, so it transfers)
+    mu_factor: float = 1.05       # μ_{i+1} = mu_factor · μ_i
+    mu_steps: int = 40            # μ values; the run converges when they are used up
+    iters_per_mu: int = 1         # MAC alternations (Z-step + W-step) per μ value
+    epochs: int = 1               # Gauss–Newton steps (ring epochs) of every submodel per W-step
+    lm: float = 0.01              # initial Levenberg–Marquardt damping of each row's fit
+    lm_min: float = 1e-6          # its floor (it shrinks ×1/3 after a kept step, grows ×10 after an
+                                  # undone one): a high floor keeps every step damped (regularises)
+    weight_decay: float = 0.0     # ridge of each hidden row's fit (per point; in E_Q times μ)
+    output: str = "refit"         # refit (output layer fitted on the forward features at μ stage
+                                  # ends only) | fit (also fitted to Z in every W-step, the paper's)
+    refit_steps: int = 10         # Newton steps of a softmax output layer's refit (regression: exact)
+    ridge: float = 1e-4           # ridge of the output layer's refit (per point, like the loss)
     z_steps: int = 5              # Z-step gradient steps per point (with backtracking)
+    z_coords: str = "u"           # u (violations z_k − f_k(z_{k−1}): every layer moves at once) | z
     unit_groups: int = 0          # row groups per hidden layer (0 = enough for a submodel per shard)
     shards: int = 0               # data shards (0 = world size); serial with shards = P == ParMAC on P
-    val_fraction: float = 0.1     # training points held out to validate the nested model
+    val_fraction: float = 0.1     # training points held out to validate the nested model (the same
+                                  # rows as the Adam baseline's early stopping: data.validation_split)
+    skip_worse: bool = False      # a μ stage that validates worse is undone (best weights, Z restarted)
     patience: int = 3             # stop after this many μ stages in a row that validate worse (0 = never)
     tol: float = 0.0              # stop when the constraint violation per point falls below
 
@@ -464,13 +474,15 @@ def _validate_async(cfg: Config, world_size: int) -> None:
 def _validate_mac(cfg: Config, world_size: int) -> None:
     a, m = cfg.mac, cfg.model
     _choice("mac.variant", a.variant, ("qp", "al"))
-    for name in ("mu0", "lr"):
+    _choice("mac.output", a.output, ("refit", "fit"))
+    _choice("mac.z_coords", a.z_coords, ("u", "z"))
+    for name in ("mu0", "lm", "lm_min"):
         _positive(f"mac.{name}", getattr(a, name))
     if a.mu_factor <= 1.0:
         raise ConfigError(f"mac.mu_factor must be > 1 (μ grows), got {a.mu_factor}")
-    for name in ("mu_steps", "iters_per_mu", "epochs", "batch_size"):
+    for name in ("mu_steps", "iters_per_mu", "epochs", "refit_steps"):
         _positive(f"mac.{name}", getattr(a, name))
-    for name in ("z_steps", "unit_groups", "shards", "patience", "tol"):
+    for name in ("ridge", "weight_decay", "z_steps", "unit_groups", "shards", "patience", "tol"):
         _positive(f"mac.{name}", getattr(a, name), strict=False)
     if not 0.0 <= a.val_fraction < 0.5:
         raise ConfigError(f"mac.val_fraction must be in [0, 0.5), got {a.val_fraction}")

@@ -176,7 +176,7 @@ def train(cfg, rt, resume: str | None = None, overwrite: bool = False, argv=None
 
 def baselines(cfg, ds, seconds: float, rt, with_backprop: bool = True,
               with_least_squares: bool = True) -> dict:
-    """Reference numbers on rank 0: least squares; for the FCResNet on regression data the
+    """Reference numbers on rank 0: least squares (regression); for the FCResNet or MLP the
     initial network with only its output layer fitted (no feature learning); and for
     non-backprop methods Adam backpropagation on the same network for the same wall-clock (all
     the node's cores): its last iterate and its early-stopped (best validation) iterate."""
@@ -184,9 +184,9 @@ def baselines(cfg, ds, seconds: float, rt, with_backprop: bool = True,
     ls = least_squares_scores(ds) if with_least_squares else None
     if ls:
         out["least_squares"] = ls
-        fixed = output_layer_only_scores(cfg, ds)
-        if fixed:
-            out["output_layer_only"] = fixed
+    fixed = output_layer_only_scores(cfg, ds) if with_least_squares else None
+    if fixed:
+        out["output_layer_only"] = fixed
     if with_backprop:
         from radmm_hpc.baselines import backprop_for_seconds
         threads = torch.get_num_threads()

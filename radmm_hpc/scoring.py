@@ -114,16 +114,62 @@ def least_squares_scores(ds) -> dict:
     return out
 
 
+def multinomial_logistic_fit(feats: np.ndarray, y: np.ndarray, n_classes: int, l2: float = 1e-4,
+                             max_iter: int = 100, newton_max: int = 2048) -> np.ndarray:
+    """The (n_classes × d) weights of a linear layer without intercept (the output layer's form)
+    that minimise the mean cross-entropy of softmax(feats Wᵀ) plus (l2/2)‖W‖², in float64 from
+    zero (deterministic). The small ridge keeps the fit finite on separable features. Newton's
+    method with backtracking (the features of a network are nearly collinear, where first-order
+    methods crawl); above `newton_max` unknowns, where the Hessian would not fit, L-BFGS."""
+    X = torch.as_tensor(np.asarray(feats, dtype=np.float64))
+    yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
+    n, d = X.shape
+    Y = F.one_hot(yt, n_classes).double()
+
+    def f(W):
+        return float(F.cross_entropy(X @ W.T, yt)) + 0.5 * l2 * float((W ** 2).sum())
+    W = torch.zeros(n_classes, d, dtype=torch.float64)
+    if n_classes * d > newton_max:
+        W.requires_grad_(True)
+        opt = torch.optim.LBFGS([W], max_iter=20 * max_iter, history_size=20, tolerance_grad=1e-10,
+                                tolerance_change=1e-14, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = F.cross_entropy(X @ W.T, yt) + 0.5 * l2 * (W ** 2).sum()
+            loss.backward()
+            return loss
+        with torch.enable_grad():
+            opt.step(closure)
+        return W.detach().numpy()
+    eye = torch.eye(n_classes * d, dtype=torch.float64)
+    for _ in range(max_iter):
+        P = torch.softmax(X @ W.T, dim=1)
+        G = (P - Y).T @ X / n + l2 * W
+        q = (P[:, :, None] * X[:, None, :]).reshape(n, -1)
+        H = (torch.block_diag(*torch.einsum("na,ni,nj->aij", P, X, X)) - q.T @ q) / n + l2 * eye
+        step = torch.linalg.solve(H, G.reshape(-1)).reshape(G.shape)
+        dec = float((G * step).sum())          # the Newton decrement²: stop when it is tiny
+        if dec < 1e-14:
+            break
+        t, f0 = 1.0, f(W)
+        while f(W - t * step) > f0 - 0.25 * t * dec and t > 1e-10:
+            t *= 0.5
+        W = W - t * step
+    return W.numpy()
+
+
 @torch.no_grad()
 def output_layer_only_predictions(cfg, ds) -> dict | None:
-    """{"train": …, "test": …} predictions (standardised target) of the FCResNet (or MLP) at its
-    seeded initialisation with only the output layer fitted by least squares on the last hidden
-    layer: what a trainer reaches that learns no hidden features. None where it does not apply
-    (classification, convolutional ResNets)."""
+    """{"train": …, "test": …} predictions (standardised target, or class scores) of the FCResNet
+    (or MLP) at its seeded initialisation with only the output layer fitted on the last hidden
+    layer: least squares for regression, multinomial_logistic_fit for classification. What a
+    trainer reaches that learns no hidden features. None where it does not apply (convolutional
+    ResNets)."""
     from radmm_hpc.models import FC_ARCHS
     from radmm_hpc.models.fcresnet import init_weights
     m = cfg.model
-    if ds.task != "regression" or m.arch not in FC_ARCHS:
+    if m.arch not in FC_ARCHS:
         return None
     w = init_weights(ds.d_in, m.width, m.depth, ds.d_out, m.input_bias, m.init_scale,
                      torch.Generator().manual_seed(cfg.train.seed), torch.float64, "cpu")
@@ -132,16 +178,22 @@ def output_layer_only_predictions(cfg, ds) -> dict | None:
         X, _ = tensors_for(ds, split, torch.float64, "cpu")
         _, hidden = forward(w, X, m.activation, m.input_bias, return_hidden=True, residual=m.arch == "fcresnet")
         feats[split] = hidden[-1].numpy()
-    coef, *_ = np.linalg.lstsq(feats["train"], ds.y_train, rcond=None)
+    if ds.task == "classification":
+        coef = multinomial_logistic_fit(feats["train"], ds.y_train, ds.d_out).T
+    else:
+        coef, *_ = np.linalg.lstsq(feats["train"], ds.y_train, rcond=None)
     return {split: feats[split] @ coef for split in feats}
 
 
 def output_layer_only_scores(cfg, ds) -> dict:
     """Scores of output_layer_only_predictions ({} where it does not apply): a method's scores
-    are worth reading against this line (docs/radmm.md)."""
+    are worth reading against this line (docs/radmm.md, docs/mac.md)."""
     pred = output_layer_only_predictions(cfg, ds)
     if pred is None:
         return {}
-    return {k: v for split in ("train", "test")
-            for k, v in score_predictions(torch.as_tensor(pred[split]),
-                                          torch.as_tensor(getattr(ds, f"y_{split}")), ds, split).items()}
+    out = {}
+    for split in ("train", "test"):
+        y = getattr(ds, f"y_{split}")
+        y = torch.as_tensor(y, dtype=torch.long) if ds.task == "classification" else torch.as_tensor(y)
+        out.update(score_predictions(torch.as_tensor(pred[split]), y, ds, split))
+    return out

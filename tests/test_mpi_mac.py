@@ -1,6 +1,6 @@
-"""ParMAC under MPI: the same model as serial MAC with the same shards and visiting order, only
-submodel bytes on the wire (bit-identical resume: test_checkpoint.py)."""
-
+"""ParMAC under MPI: the same model as serial MAC with the same shards and visiting order (the
+Gauss–Newton statistics summed in the same ring order), only submodel bytes on the wire
+(bit-identical resume: test_checkpoint.py)."""
 
 import pytest
 import torch
@@ -10,12 +10,17 @@ from tests.support.configs import mac_cfg
 
 
 @pytest.mark.mpi(min_size=2)
-@pytest.mark.parametrize("variant,depth,epochs", [("qp", 3, 1), ("al", 1, 2)])
-def test_parmac_equals_serial_mac(variant, depth, epochs):
+@pytest.mark.parametrize("variant,depth,epochs,output,task", [
+    ("qp", 3, 1, "refit", "regression"), ("al", 1, 2, "fit", "regression"),
+    ("qp", 2, 1, "fit", "classification")])
+def test_parmac_equals_serial_mac(variant, depth, epochs, output, task):
     """depth 1 gives fewer layers than ranks: hidden layers split into unit groups."""
     comm = world()
     P, r = comm.Get_size(), comm.Get_rank()
-    cfg = mac_cfg(depth=depth, variant=variant, epochs=epochs, shards=P, n=40 + 8 * P)
+    cfg = mac_cfg(depth=depth, variant=variant, epochs=epochs, shards=P, n=40 + 8 * P,
+                  output=output, refit_steps=3)
+    if task == "classification":
+        cfg.data.name = "synthetic-classification"
     par, ser = make_trainer(cfg, comm), make_trainer(cfg)
     init = [w.clone() for w in par.W]
     for it in range(4):     # two μ stage ends (multipliers, validation)
@@ -32,20 +37,30 @@ def test_parmac_equals_serial_mac(variant, depth, epochs):
 
 
 @pytest.mark.mpi(min_size=2)
-@pytest.mark.parametrize("epochs", [1, 3])
-def test_bytes_on_the_wire_are_the_submodel_sizes(epochs):
+@pytest.mark.parametrize("epochs,task", [(1, "regression"), (3, "regression"), (1, "classification")])
+def test_bytes_on_the_wire_are_the_submodel_sizes(epochs, task):
+    """Per Gauss–Newton epoch a submodel's statistics make P − 1 hops and its solved rows P − 1
+    copy hops; a stage end adds the output layer's refit (softmax: refit_steps epochs)."""
     comm = world()
     P = comm.Get_size()
-    tr = make_trainer(mac_cfg(depth=2, epochs=epochs, n=40 + 12 * P), comm)
-    sizes = sum(tr.W[sm.layer][sm.r0:sm.r1].numel() for sm in tr.subs)
+    cfg = mac_cfg(depth=2, width=6, epochs=epochs, n=40 + 12 * P, refit_steps=2)
+    if task == "classification":
+        cfg.data.name = "synthetic-classification"
+    tr = make_trainer(cfg, comm)
+    C, d_in = tr.W[-1].shape[0], tr.W[0].shape[1]
+    hidden = 0
+    for sm in tr.subs[:-1]:
+        g, d = sm.r1 - sm.r0, (d_in if sm.layer == 0 else 6)
+        hidden += g * d * d + g * d + g * d          # per-row Gram, right-hand side, the rows
+    out = ((6 * C) ** 2 if task == "classification" else 36) + C * 6 + C * 6
     item = 8   # float64
-    state_extra = len(tr.subs)          # one Adam step counter per submodel
-    expect = ((3 * sizes + state_extra) * (epochs * P - 1) + sizes * (P - 1)) * item
     ok = True
-    for it in range(3):
+    for it in range(3):                 # iters_per_mu = 2: iteration 1 ends a stage
         s0, r0, c0 = tr.comm.p2p_sent, tr.comm.p2p_recv, tr.comm.coll_bytes
         tr.step(it)
         sent = comm.allreduce(tr.comm.p2p_sent - s0)
         recv = comm.allreduce(tr.comm.p2p_recv - r0)
-        ok = ok and sent == recv == expect == tr.submodel_bytes() and tr.comm.coll_bytes == c0
-    assert mpi_all(ok and sum(w.numel() for w in tr.W) == sizes), (expect, tr.submodel_bytes())
+        refits = (2 if task == "classification" else 1) if it == 1 else 0
+        expect = (epochs * hidden + refits * out) * (P - 1) * item
+        ok = ok and sent == recv == expect == tr.submodel_bytes(it) and tr.comm.coll_bytes == c0
+    assert mpi_all(ok and len(tr.subs) >= P), (expect, tr.submodel_bytes(it))

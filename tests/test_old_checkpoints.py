@@ -4,6 +4,7 @@ before the algorithms became packages) still resume, to the numbers that earlier
 Each case is a tiny CLI job that wrote ckpt-000004 on `ranks` ranks; resuming it to iteration 8 on
 `resume` ranks gave expected.json's record (tests.support.golden.collect) with the old code. Radmm's
 cases resume on fewer ranks than wrote them (elastic re-sharding of FCResNet and general state).
+MAC's checkpoint (its Adam W-step, since replaced by Gauss-Newton fits) is refused with the reason.
 
     python -m tests.test_old_checkpoints      # regenerate (only meaningful on the old code)
 """
@@ -32,12 +33,14 @@ CASES = {
     "radmm-general-two-colour": (2, 1, SMALL + PAPER + ["--set", "radmm.schedule=two-colour",
                                                 "--set", "radmmconv.general=true"]),
     "backprop": (1, 1, SMALL + ["--algo", "backprop", "--set", "backprop.batch_size=8"]),
-    "mac": (1, 1, SMALL + ["--algo", "mac", "--set", "mac.batch_size=8", "--set", "mac.iters_per_mu=2"]),
     "trgl": (1, 1, TRGL),
     "asgd": (2, 2, SMALL + ["--algo", "asgd", "--set", "ps.deterministic=true",
                             "--set", "asgd.updates_per_iter=3", "--set", "asgd.batch_size=8"]),
 }
 WRITE_ITERS, RESUME_ITERS = 4, 8
+# MAC's checkpoint from the Adam W-step (mac.batch_size=8 wrote it); resumed with its old schedule
+OLD_MAC = SMALL + ["--algo", "mac"] + [f"--set=mac.{k}" for k in (
+    "variant=qp", "mu0=1", "mu_factor=2", "mu_steps=10", "iters_per_mu=2", "epochs=1")]
 
 
 def _resume(name, run_dir):
@@ -61,11 +64,24 @@ def test_old_checkpoint_resumes_to_the_old_numbers(tmp_path, name):
     assert not diff, diff[:10]
 
 
+def test_old_mac_checkpoint_is_refused_with_the_reason(tmp_path):
+    """The Gauss-Newton W-step replaced the Adam one: its state (Adam moments, no damping) cannot
+    continue, so resume stops with one line on rank 0 and a non-zero status, not a wrong run."""
+    run_dir = str(tmp_path / "run")
+    os.makedirs(run_dir)
+    shutil.copytree(os.path.join(DATA, "mac", "ckpt-000004"), os.path.join(run_dir, "ckpt-000004"))
+    proc, _ = run_cli(OLD_MAC + ["--iters", str(RESUME_ITERS), "--run-dir", run_dir,
+                                 "--resume", os.path.join(run_dir, "ckpt-000004")], ranks=1, timeout=300)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    line = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert len(line) == 1 and "MAC with the Adam W-step" in line[0], proc.stderr
+
+
 def _generate():
     import tempfile
-    if os.path.isdir(DATA):
-        shutil.rmtree(DATA)
-    os.makedirs(DATA)
+    for name in CASES:          # (mac/ stays: the Adam W-step that wrote it is gone)
+        shutil.rmtree(os.path.join(DATA, name), ignore_errors=True)
+    os.makedirs(DATA, exist_ok=True)
     expected = {}
     for name, (ranks, _, args) in CASES.items():
         with tempfile.TemporaryDirectory() as tmp:

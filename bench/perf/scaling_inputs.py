@@ -14,7 +14,7 @@ several repeats, like the validation runs' measurements (scaling_validate.py).
   anchored_fit    the same over a grid of (width, chunk columns), fitted per phase: the
                   extrapolation beyond this machine
   backprop_costs  the data-parallel step's compute at several local batch sizes: fixed + per sample
-  mac_costs       ParMAC's submodel visits (fixed + per minibatch) and per-point work
+  mac_costs       ParMAC's statistics passes (fixed + per point), solves and per-point work
   trgl_costs      each TRGL module's training step with the network split into K modules
   pingpong        α, β of the comm layer between two ranks (shared memory, or across namespaces)
 """
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -400,48 +399,64 @@ def backprop_costs(cfg, shares=(256, 128, 64, 32, 16), steps: int = 12):
 
 # ---- ParMAC ---------------------------------------------------------------------------------------
 def mac_costs(cfg, shards=(1, 4), iters: int = 1):
-    """Visits (fixed + per minibatch) and the per-point rest, from serial runs with S shards
-    (a serial run with mac.shards = S does ParMAC's work for S ranks in one process)."""
+    """The Gauss–Newton W-step's statistics passes (fixed + per point and statistic) and damped
+    solves (per g·d³), timed inside serial runs with S shards (a serial run with mac.shards = S
+    does ParMAC's work for S ranks in one process), and the rest per point and per shard."""
     from radmm_hpc.algos.mac import parts as macparts
     from radmm_hpc.algos.mac import trainer as macmod
     torch.set_num_threads(1)
     ds = load_dataset(cfg.data)
-    visits, rest = [], []
-    orig = macparts.visit_train
+    passes, solves, rest = [], [], []
+    Nested = macparts.Nested
+    orig_stats, orig_step = Nested.gn_stats, Nested.gn_step
+
+    def sizes(nested, sm, n_in):
+        return (sum(int(np.prod(sh)) for sh in nested.gn_shapes(sm, n_in)), (sm.r1 - sm.r0) * n_in ** 3)
     for S in shards:
         c = copy.deepcopy(cfg)
         c.mac.shards = S
         tr = macmod.MacTrainer(c, _runtime(), ds)
-        mine = []
+        mine_p, mine_s = [], []
 
-        def timed(nested, sm, W, Mom, Var, steps, z0, *a, **k):
-            t, _ = _cpu(orig, nested, sm, W, Mom, Var, steps, z0, *a, **k)
-            mine.append((math.ceil(z0.shape[0] / c.mac.batch_size), t))
-        macmod.visit_train = timed
+        def timed_stats(self, sm, W_rows, zin, *a, **k):
+            t, out = _cpu(orig_stats, self, sm, W_rows, zin, *a, **k)
+            mine_p.append((zin.shape[0] * sizes(self, sm, zin.shape[1])[0], t))
+            return out
+
+        def timed_step(self, sm, W_rows, *a, **k):
+            t, out = _cpu(orig_step, self, sm, W_rows, *a, **k)
+            mine_s.append((sizes(self, sm, W_rows.shape[1])[1], t))
+            return out
+        Nested.gn_stats, Nested.gn_step = timed_stats, timed_step
         try:
             tr.step(0)
-            mine.clear()
+            mine_p.clear()
+            mine_s.clear()
             c0 = tr.phase_cpu_s["compute"]
             for it in range(1, iters + 1):
                 tr.step(it)
             total = (tr.phase_cpu_s["compute"] - c0) / iters
         finally:
-            macmod.visit_train = orig
-        visits += mine
-        rest.append((S, tr.n_fit, total - sum(t for _, t in mine) / iters))
-    A = np.array([[1.0, nb] for nb, _ in visits])
-    fixed, per_mb = np.linalg.lstsq(A, np.array([t for _, t in visits]), rcond=None)[0]
+            Nested.gn_stats, Nested.gn_step = orig_stats, orig_step
+        passes += mine_p
+        solves += mine_s
+        rest.append((S, tr.n_fit, total - sum(t for _, t in mine_p + mine_s) / iters))
+    A = np.array([[1.0, u] for u, _ in passes])
+    fixed, per_stat = np.linalg.lstsq(A, np.array([t for _, t in passes]), rcond=None)[0]
+    per_cube = sum(t for _, t in solves) / max(1, sum(u for u, _ in solves))
     # the rest of an iteration: a fixed part per shard and a part per point
     per_shard, per_point = np.linalg.lstsq(np.array([[S, n] for S, n, _ in rest], dtype=float),
                                            np.array([r for _, _, r in rest]), rcond=None)[0]
     m = cfg.model
     shapes = [tuple(w.shape) for w in tr.W]
-    shape = MacShape(layer_params=[a * b for a, b in shapes], submodels=[(sm.r1 - sm.r0) * shapes[sm.layer][1]
-                                                                         for sm in tr.subs],
+    sz = [sizes(tr.nested, sm, shapes[sm.layer][1]) for sm in tr.trained]
+    shape = MacShape(layer_params=[a * b for a, b in shapes],
+                     submodels=[(sm.r1 - sm.r0) * shapes[sm.layer][1] for sm in tr.trained],
+                     stats=[k for k, _ in sz], cubes=[k for _, k in sz],
                      n=tr.n_fit, width_sum=m.width * m.depth, epochs=cfg.mac.epochs,
-                     batch=cfg.mac.batch_size, itemsize=torch.finfo(tr.dtype).bits // 8)
-    return shape, MacCosts(visit=max(fixed, 0.0), minibatch=max(per_mb, 0.0), per_point=max(per_point, 0.0),
-                           per_shard=max(per_shard, 0.0))
+                     itemsize=torch.finfo(tr.dtype).bits // 8)
+    return shape, MacCosts(visit=max(fixed, 0.0), stat=max(per_stat, 0.0), solve=per_cube,
+                           per_point=max(per_point, 0.0), per_shard=max(per_shard, 0.0))
 
 
 # ---- TRGL -----------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ TRGL's pipeline and data-parallel backprop, from measured inputs (docs/scaling_m
     T(P) = compute on the critical path of the method's schedule + messages on that path
 
 Compute comes from per-unit CPU costs measured on this machine (bench/perf/scaling_inputs.py:
-one hidden RADMM block, one ParMAC minibatch step, one TRGL module, one backprop sample, ...).
+one hidden RADMM block, one ParMAC statistics pass and solve, one TRGL module, one backprop sample, ...).
 A message of n bytes costs α + n/β on its link (shared memory inside a node, a network between
 nodes); an Allreduce of n bytes on P ranks costs ⌈log2 P⌉(α + n/β) for small n (recursive
 doubling) and 2⌈log2 P⌉α + 2(P−1)/P·n/β for large n (reduce-scatter + allgather). Bytes and
@@ -175,41 +175,47 @@ def predict_backprop(params: int, batch: int, itemsize: int, c: BackpropCosts, P
 @dataclass
 class MacShape:
     layer_params: List[int]     # rows·cols of each layer
-    submodels: List[int]        # parameters of each submodel
+    submodels: List[int]        # parameters of each submodel trained in the W-step
+    stats: List[int]            # numbers in each such submodel's Gauss–Newton statistics (≈ g·d²)
+    cubes: List[int]            # g·d³ of each: the cost unit of its damped solves
     n: int
     width_sum: int              # Σ hidden widths (auxiliary coordinates per point)
     epochs: int = 1
-    batch: int = 64
     itemsize: int = 4
 
 
 @dataclass
 class MacCosts:
-    visit: float        # per submodel visit of a shard, fixed part
-    minibatch: float    # per minibatch step of a submodel (at the measured batch size)
+    visit: float        # per statistics pass of one submodel over one shard, fixed part
+    stat: float         # the same per point and per number of statistics (g·d² per point)
+    solve: float        # per unit g·d³ of a damped solve (one per submodel and epoch)
     per_point: float    # Z-step, guard and nested-model work per point and iteration
     per_shard: float = 0.0   # the same work's fixed part per shard and iteration
 
 
 def predict_parmac(shape: MacShape, c: MacCosts, P: int, intra: Net, inter: Net,
                    placement=None) -> Dict[str, float]:
+    """One MAC iteration without a μ stage end (no output refit), the Gauss–Newton W-step: every
+    trained submodel's statistics pass over every shard once per epoch (each rank computes all
+    M on its shard), the last holder solves (M/S solves per rank), S − 1 ring hops each carry the
+    statistics of the ⌈M/S⌉ largest submodels, and a copy round of P − 1 hops their solved rows."""
     S, M = P, len(shape.submodels)
     link, _ = links(placement, P, intra, inter)
     n_loc = math.ceil(shape.n / S)
-    # each hop a rank fits the submodels on its shard: over e·S hops every submodel visits it e times
-    visits = shape.epochs * M
-    compute = (visits * (c.visit + math.ceil(n_loc / shape.batch) * c.minibatch)
-               + c.per_shard + n_loc * c.per_point)
+    stats = shape.epochs * sum(c.visit + c.stat * n_loc * k for k in shape.stats)
+    solves = shape.epochs * c.solve * sum(shape.cubes) / S
+    compute = stats + solves + c.per_shard + n_loc * c.per_point
     comm = 0.0
+    held = math.ceil(M / S)
     if P > 1:
-        held = math.ceil(M / S)
-        big = sorted(shape.submodels, reverse=True)[:held]
         slow = max((link(r, (r + 1) % P) for r in range(P)), key=lambda n: n.msg(1e6))   # ring
-        hop = slow.msg((3 * sum(big) + len(big)) * shape.itemsize)      # W rows, Adam m, v, step
-        copy = slow.msg(sum(big) * shape.itemsize)
-        comm = (shape.epochs * S - 1) * hop + (P - 1) * copy
+        hop = slow.msg(sum(sorted(shape.stats, reverse=True)[:held]) * shape.itemsize)
+        copy = slow.msg(sum(sorted(shape.submodels, reverse=True)[:held]) * shape.itemsize)
+        comm = shape.epochs * ((S - 1) * hop + (P - 1) * copy)
     total_params = sum(shape.layer_params)
-    memory = (3 * total_params + n_loc * (shape.width_sum * 2)) * shape.itemsize
+    # weights, their initial and best copies; the statistics a rank holds; Z and Λ of its shard
+    memory = (3 * total_params + sum(sorted(shape.stats, reverse=True)[:held])
+              + n_loc * shape.width_sum * 2) * shape.itemsize
     return {"compute": compute, "comm": comm, "total": compute + comm, "memory": memory,
             "bytes_per_boundary": 0.0}
 

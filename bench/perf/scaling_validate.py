@@ -316,16 +316,17 @@ def big_predict(kind, method, P, net, d, fit):
         return sm.predict_backprop(params, B["backprop_batch"], 4, c, P, net, net, None, B["depth"] * B["width"])
     if kind == "mac":
         m = d["mac"]
-        shape_small = sm.MacShape(**m["shape"])
-        hidden = B["width"] ** 2
-        shape = sm.MacShape(layer_params=[hidden] * B["depth"] + [B["width"] * B["d_out"]],
-                            submodels=[hidden] * B["depth"] + [B["width"] * B["d_out"]], n=B["n"],
-                            width_sum=B["width"] * B["depth"], epochs=shape_small.epochs,
-                            batch=shape_small.batch, itemsize=4)
-        small_sub = max(shape_small.submodels)
+        small = sm.MacShape(**m["shape"])
+        W = B["width"]
+        # one row group per hidden layer (depth ≥ ranks); the output layer is refitted at μ stage
+        # ends only (mac.output = refit), so it is not in the W-step
+        shape = sm.MacShape(layer_params=[W * W] * B["depth"] + [W * B["d_out"]],
+                            submodels=[W * W] * B["depth"], stats=[W * W * W + W * W] * B["depth"],
+                            cubes=[W ** 4] * B["depth"], n=B["n"], width_sum=W * B["depth"],
+                            epochs=small.epochs, itemsize=4)
         c = m["costs"]
-        costs = sm.MacCosts(visit=c["visit"], minibatch=c["minibatch"] * hidden / small_sub,
-                            per_point=c["per_point"] * sum(shape.layer_params) / sum(shape_small.layer_params))
+        costs = sm.MacCosts(visit=c["visit"], stat=c["stat"], solve=c["solve"],
+                            per_point=c["per_point"] * sum(shape.layer_params) / sum(small.layer_params))
         if P > len(shape.submodels):
             return None
         return sm.predict_parmac(shape, costs, P, net, net)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from typing import Dict, List, Optional
@@ -90,6 +91,22 @@ The defaults below are the FCResNet's; a method with another kind of model overr
         """This rank's state from a checkpoint of manifest["world_size"] ranks; old_shard(j) gives
         the trainer arrays of old rank j. Only called when elastic_resume() is true."""
         raise NotImplementedError
+
+
+def movement_metrics(num: List[Optional[float]], den: List[Optional[float]]) -> dict:
+    """How far training moved each layer from its initialisation: layer_movement[l] =
+    ‖W_l − W_l⁰‖/‖W_l⁰‖ from the squared norms num[l] = ‖W_l − W_l⁰‖², den[l] = ‖W_l⁰‖² (None for
+    a layer without weights), the last entry the output layer; and its means over the lower and
+    upper half of the hidden layers. The same metric for every method (docs/radmm.md)."""
+    mv = [None if d is None else math.sqrt(n / max(d, 1e-300)) for n, d in zip(num, den)]
+    L = len(mv)
+    half = (L - 1) // 2
+    lower = [m for m in mv[:half] if m is not None]
+    upper = [m for m in mv[half:L - 1] if m is not None]
+    return {"layer_movement": mv,
+            "movement_lower_half": sum(lower) / len(lower) if lower else 0.0,
+            "movement_upper_half": sum(upper) / len(upper) if upper else 0.0,
+            "movement_output": mv[-1] if mv[-1] is not None else 0.0}
 
 
 class _PhaseTimer:

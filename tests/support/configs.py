@@ -62,7 +62,8 @@ def mac_cfg(depth=3, width=8, n=96, **mac):
     cfg.train.progress_seconds = 1e9
     cfg.model.width, cfg.model.depth = width, depth
     cfg.data.name, cfg.data.n_samples = "synthetic-regression", n
-    cfg.mac.batch_size, cfg.mac.iters_per_mu, cfg.mac.patience = 16, 2, 0
+    cfg.mac.iters_per_mu, cfg.mac.patience = 2, 0
+    cfg.mac.mu0, cfg.mac.mu_factor = 1.0, 2.0      # the schedule some tests spell out
     for k, v in mac.items():
         setattr(cfg.mac, k, v)
     return cfg

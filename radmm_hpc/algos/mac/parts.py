@@ -15,7 +15,6 @@ import math
 from dataclasses import dataclass
 from typing import List
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -56,9 +55,10 @@ def auto_groups(n_hidden: int, width: int, shards: int) -> int:
 class Nested:
     """Layer functions of the nested model and the per-point MAC objective."""
 
-    def __init__(self, activation: str, input_bias: bool, residual: bool, task: str):
+    def __init__(self, activation: str, input_bias: bool, residual: bool, task: str, n_hidden: int):
         self.act = activation_fn(activation)
         self.input_bias, self.residual, self.task = input_bias, residual, task
+        self.n_hidden = n_hidden
 
     def z0(self, X: torch.Tensor) -> torch.Tensor:
         if not self.input_bias:
@@ -127,68 +127,178 @@ class Nested:
 
     def fit_loss(self, sm: Submodel, W_rows, zin, t, y):
         """Sum over points of the submodel's term of E_Q (without the μ factor for hidden rows)."""
+        return self.fit_terms(sm, W_rows, zin, t, y).sum()
+
+    def fit_terms(self, sm: Submodel, W_rows, zin, t, y):
+        """The submodel's term of E_Q split into independent parts, summed over points: one per
+        row of a hidden block (rows are separate fits), one for the output layer."""
         if t is None:
-            return self.loss_rows(zin @ W_rows.T, y).sum()
-        return 0.5 * ((t - self.layer(sm.layer, W_rows, zin)) ** 2).sum()
+            return self.loss_rows(zin @ W_rows.T, y).sum().reshape(1)
+        return 0.5 * ((t - self.layer(sm.layer, W_rows, zin)) ** 2).sum(dim=0)
+
+    # ---- W-step: Gauss–Newton / Levenberg–Marquardt fits ---------------------------------------
+    def is_output(self, sm: Submodel) -> bool:
+        return sm.layer == self.n_hidden
+
+    def gn_shapes(self, sm: Submodel, n_in: int):
+        """Shapes of a submodel's normal-equation statistics [A, b] (gn_stats)."""
+        g = sm.r1 - sm.r0
+        if not self.is_output(sm):
+            return [(g, n_in, n_in), (g, n_in)]
+        if self.task == "classification":
+            return [(g * n_in, g * n_in), (g, n_in)]
+        return [(n_in, n_in), (g, n_in)]
+
+    def gn_stats(self, sm: Submodel, W_rows, zin, t, y):
+        """[A, b]: the Gauss–Newton normal equations A δ = b of the submodel's fit, summed over
+        the given points and linearised at its current rows (a step is W ← W + δ):
+          hidden rows u:   A_u = Σ σ'(p_nu)² z_n z_nᵀ, b_u = Σ σ'(p_nu) r_nu z_n, r = t − σ(p),
+                           p = z W_uᵀ (ReLU: a linear least-squares fit on the row's active points);
+          linear output:   A = Σ z_n z_nᵀ (one Gram for all rows), b = Σ r_n z_nᵀ, r = y − W z
+                           (one step solves the least-squares fit exactly);
+          softmax output:  Newton's system, A = Σ (diag(p_n) − p_n p_nᵀ) ⊗ z_n z_nᵀ,
+                           b = Σ (onehot(y_n) − p_n) z_nᵀ.
+        The sums run over chunks of points in order: a shard's statistics never depend on others."""
+        A, b = (torch.zeros(sh, dtype=zin.dtype, device=zin.device)
+                for sh in self.gn_shapes(sm, zin.shape[1]))
+        chunk = max(1, 2 ** 24 // (zin.shape[1] * (sm.r1 - sm.r0)))   # bounds the temporaries
+        for s in range(0, zin.shape[0], chunk):
+            z = zin[s:s + chunk]
+            if not self.is_output(sm):
+                out, slope = act_and_slope(self.act, z @ W_rows.T)
+                A += ((slope ** 2).T[:, :, None] * z[None]).transpose(1, 2) @ z
+                b += (slope * (t[s:s + chunk] - out)).T @ z
+            elif self.task == "classification":
+                p = torch.softmax(z @ W_rows.T, dim=1)
+                q = (p[:, :, None] * z[:, None, :]).reshape(len(z), -1)
+                A += torch.block_diag(*torch.einsum("na,ni,nj->aij", p, z, z)) - q.T @ q
+                b += (F.one_hot(y[s:s + chunk], p.shape[1]).to(z.dtype) - p).T @ z
+            else:
+                A += z.T @ z
+                b += (y[s:s + chunk] - z @ W_rows.T).T @ z
+        return [A, b]
+
+    def gn_step(self, sm: Submodel, W_rows, stats, damping: torch.Tensor, ridge: float = 0.0):
+        """New rows W + δ from summed statistics, for the fit plus (ridge/2)‖W‖²:
+        (A + ridge·I + λ(diag A + ε)) δ = b − ridge·W, Levenberg–Marquardt damping λ per row of a
+        hidden block and one λ for a softmax output layer; ε (about 1e-6 of the mean diagonal)
+        keeps rows with no active point, and inputs that never vary, finite (δ = 0 there). A
+        linear output layer gets its exact (ridge) least-squares fit, no damping. The small
+        systems are solved in float64 whatever the training precision."""
+        A, b = (x.double() for x in stats)
+        W = W_rows.double()
+        if self.is_output(sm) and self.task != "classification":
+            M = A + (ridge + 1e-12 * float(A.diagonal().mean()) + 1e-30) * _eye(A)
+            delta = torch.linalg.solve(M, (b - ridge * W).T).T
+        elif self.is_output(sm):
+            M = _damped(A, float(damping[0]), ridge)
+            delta = torch.linalg.solve(M, (b - ridge * W).reshape(-1)).reshape(b.shape)
+        else:
+            M = _damped(A, damping.double()[:, None, None], ridge)
+            delta = torch.linalg.solve(M, (b - ridge * W)[:, :, None])[:, :, 0]
+        return (W + delta).to(W_rows.dtype)
 
 
-def adam_update(p, g, m, v, step: float, lr: float, b1=0.9, b2=0.999, eps=1e-8):
-    """One Adam step on a row block (in place); `step` is the step count after this update."""
-    m.mul_(b1).add_(g, alpha=1 - b1)
-    v.mul_(b2).addcmul_(g, g, value=1 - b2)
-    mhat = m / (1 - b1 ** step)
-    vhat = v / (1 - b2 ** step)
-    p.sub_(lr * mhat / (vhat.sqrt() + eps))
+def _eye(A: torch.Tensor) -> torch.Tensor:
+    return torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
 
 
-def visit_train(nested: Nested, sm: Submodel, W, Mom, Var, steps, z0, Z, y, Lam, mu,
-                lr: float, batch: int, rng: np.random.Generator) -> None:
-    """Stochastic Adam updates of one submodel over one shard's points (one pass, minibatches
-    in a seeded order). W, Mom, Var are whole matrices; the row block is updated in place."""
-    n = z0.shape[0]
-    if n == 0:
-        return
-    order = torch.as_tensor(rng.permutation(n), device=z0.device)
-    zin_all, t_all = nested.fit_inputs(sm, z0, Z, Lam, mu)
-    rows = slice(sm.r0, sm.r1)
-    for s in range(0, n, batch):
-        idx = order[s:s + batch]
-        Wr = W[sm.layer][rows].detach().clone().requires_grad_(True)
-        t = None if t_all is None else t_all[idx]
-        loss = nested.fit_loss(sm, Wr, zin_all[idx], t, y[idx]) / len(idx)
-        (g,) = torch.autograd.grad(loss, Wr)
-        steps[sm.index] += 1
-        with torch.no_grad():
-            adam_update(W[sm.layer][rows], g, Mom[sm.layer][rows], Var[sm.layer][rows],
-                        float(steps[sm.index]), lr)
+def _damped(A: torch.Tensor, lam, ridge: float) -> torch.Tensor:
+    """A + ridge·I + λ(diag A + ε I) for one matrix or a batch (λ broadcast per matrix), with
+    ε = 1e-6 of the matrix's mean diagonal plus 1e-9 of the batch's (a row with no data)."""
+    diag = A.diagonal(dim1=-2, dim2=-1)
+    eps = (1e-6 * diag.mean(dim=-1) + 1e-9 * diag.mean() + 1e-30)[..., None, None]
+    return A + ridge * _eye(A) + lam * (torch.diag_embed(diag) + eps * _eye(A))
+
+
+def act_and_slope(act, pre: torch.Tensor):
+    """σ(pre) and σ'(pre), by autograd so that any activation works (ReLU: σ'(0) = 0)."""
+    with torch.enable_grad():
+        p = pre.detach().requires_grad_(True)
+        out = act(p)
+        (slope,) = torch.autograd.grad(out.sum(), p)
+    return out.detach(), slope
 
 
 # ---- Z-step ------------------------------------------------------------------------------------
-def z_step(nested: Nested, weights, z0, Z, y, Lam, mu, alpha, n_steps: int, max_halvings: int = 30):
-    """Gradient steps on each point's own problem, batched over the points of one shard, with a
-    per-point Armijo backtracking step size: no point's objective ever increases, and each point's
-    computation does not depend on the others (the same result in any batching by shards).
-    Z (list of K tensors) and alpha (per-point step sizes) are updated in place."""
+def chain(nested: Nested, weights, z0, U):
+    """Z from the violations U: z_k = f_k(z_{k−1}) + u_k (U = 0 is the forward pass)."""
+    Z, prev = [], z0
+    for i, u in enumerate(U):
+        prev = nested.f(i, weights[i], prev) + u
+        Z.append(prev)
+    return Z
+
+
+def _u_objective(nested, weights, z0, U, y, Lam, mu):
+    """Each point's E_Q as a function of its violations u_k = z_k − f_k(z_{k−1})."""
+    Z = chain(nested, weights, z0, U)
+    pen = 0.5 * sum((((u - lam / mu) if Lam is not None else u) ** 2).sum(dim=1)
+                    for u, lam in zip(U, Lam if Lam is not None else U))
+    return nested.loss_rows(Z[-1] @ weights[-1].T, y) + mu * pen
+
+
+def _rows(ts, idx):
+    return None if ts is None else [t[idx] for t in ts]
+
+
+def _armijo(evaluate, V, grads, e0, gn2, alpha, max_halvings: int) -> None:
+    """One gradient step per point with per-point Armijo backtracking: V ← V − a·grad where
+    evaluate(idx, trial) (each point's objective at the trial values of the points idx) falls by
+    at least a·‖grad‖²/2; a starts at the point's alpha, halves on failure; alpha doubles after a
+    success (at most 1e3) and keeps the last halved size after max_halvings failures. Only the
+    points still searching are evaluated again. V and alpha are updated in place."""
+    idx = torch.nonzero(gn2 > 0).squeeze(1)
+    a = alpha[idx].clone()
+    for _ in range(max_halvings):
+        if idx.numel() == 0:
+            break
+        trial = [v[idx] - a[:, None] * g[idx] for v, g in zip(V, grads)]
+        ok = evaluate(idx, trial) <= e0[idx] - 0.5 * a * gn2[idx]
+        done = idx[ok]
+        for v, tv in zip(V, trial):
+            v[done] = tv[ok]
+        alpha[done] = torch.clamp(a[ok] * 2.0, max=1e3)
+        idx, a = idx[~ok], a[~ok] * 0.5
+    alpha[idx] = a      # no step found at this size: start smaller next time
+
+
+def z_step_u(nested: Nested, weights, z0, Z, y, Lam, mu, alpha, n_steps: int, max_halvings: int = 30):
+    """The Z-step in violation coordinates: the same per-point problem as z_step, with the
+    unknowns u_k = z_k − f_k(z_{k−1}) instead of z_k. A gradient step then moves every layer at
+    once (the gradient reaches layer k through the chain, like backpropagation), where a step in
+    z reaches one layer further down per step. Per-point Armijo backtracking as in z_step."""
     if z0.shape[0] == 0:
         return
+    with torch.no_grad():
+        U = [r.clone() for r in nested.residuals(weights, z0, Z, None, mu)]
+
+    def evaluate(idx, trial):
+        return _u_objective(nested, weights, z0[idx], trial, y[idx], _rows(Lam, idx), mu)
+    for _ in range(n_steps):
+        Uv = [u.detach().clone().requires_grad_(True) for u in U]
+        e0 = _u_objective(nested, weights, z0, Uv, y, Lam, mu)
+        grads = torch.autograd.grad(e0.sum(), Uv)
+        with torch.no_grad():
+            _armijo(evaluate, U, grads, e0.detach(), sum((g ** 2).sum(dim=1) for g in grads), alpha, max_halvings)
+    with torch.no_grad():
+        for z, new in zip(Z, chain(nested, weights, z0, U)):
+            z.copy_(new)
+
+
+def z_step(nested: Nested, weights, z0, Z, y, Lam, mu, alpha, n_steps: int, max_halvings: int = 30):
+    """Gradient steps on each point's own problem, batched over the points of one shard, with a
+    per-point Armijo backtracking step size (_armijo): no point's objective ever increases, and
+    each point's step does not depend on the others'. Z (list of K tensors) and alpha (per-point
+    step sizes) are updated in place."""
+    if z0.shape[0] == 0:
+        return
+
+    def evaluate(idx, trial):
+        return nested.objective(weights, z0[idx], trial, y[idx], _rows(Lam, idx), mu)
     for _ in range(n_steps):
         Zv = [z.detach().clone().requires_grad_(True) for z in Z]
         e0 = nested.objective(weights, z0, Zv, y, Lam, mu)
         grads = torch.autograd.grad(e0.sum(), Zv)
         with torch.no_grad():
-            e0 = e0.detach()
-            gn2 = sum((g ** 2).sum(dim=1) for g in grads)
-            a = alpha.clone()
-            todo = gn2 > 0
-            for _ in range(max_halvings):
-                trial = [z - a[:, None] * g for z, g in zip(Z, grads)]
-                e1 = nested.objective(weights, z0, trial, y, Lam, mu)
-                ok = todo & (e1 <= e0 - 0.5 * a * gn2)
-                for z, tz in zip(Z, trial):
-                    z[ok] = tz[ok]
-                alpha[ok] = torch.clamp(a[ok] * 2.0, max=1e3)
-                todo = todo & ~ok
-                if not bool(todo.any()):
-                    break
-                a = torch.where(todo, a * 0.5, a)
-            alpha[todo] = a[todo]   # no step found at this size: start smaller next time
+            _armijo(evaluate, Z, grads, e0.detach(), sum((g ** 2).sum(dim=1) for g in grads), alpha, max_halvings)

@@ -24,7 +24,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from radmm_hpc.algos.base import Trainer
+from radmm_hpc.algos.base import Trainer, movement_metrics
 from radmm_hpc.algos.radmm.blocks import partition_hidden, red_black_order
 from radmm_hpc.comm import TAG
 from radmm_hpc.config import radmm_schedule
@@ -169,17 +169,11 @@ class RegionTrainer(Trainer):
         return out
 
     def _movement(self, tot: dict) -> dict:
-        """‖W_l − W_l⁰‖/‖W_l⁰‖ of every layer with weights (layer_movement, 1..L; None for layers
-        without parameters) and its means over the lower and upper half of the hidden layers."""
-        mv = [math.sqrt(tot[f"mv_num/{l}"] / max(tot[f"mv_den/{l}"], 1e-300)) if f"mv_den/{l}" in tot else None
-              for l in range(1, self.L + 1)]
-        half = (self.L - 1) // 2
-        lower = [m for m in mv[:half] if m is not None]
-        upper = [m for m in mv[half:self.L - 1] if m is not None]
-        return {"layer_movement": mv,
-                "movement_lower_half": sum(lower) / len(lower) if lower else 0.0,
-                "movement_upper_half": sum(upper) / len(upper) if upper else 0.0,
-                "movement_output": mv[-1] if mv[-1] is not None else 0.0}
+        """The movement metrics (base.movement_metrics) of layers 1..L (None for layers without
+        parameters) from the summed terms."""
+        keys = [(f"mv_num/{l}", f"mv_den/{l}") for l in range(1, self.L + 1)]
+        return movement_metrics([tot.get(n) if d in tot else None for n, d in keys],
+                                [tot.get(d) for _, d in keys])
 
     def _local_merit(self) -> dict:
         out = dict(self._merit_terms(), succ_sq=self.succ_sq, bres_sq=0.0, bref_sq=0.0,
