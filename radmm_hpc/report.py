@@ -3,7 +3,9 @@
 metrics.png has one panel per quantity: the scores (loss, R², MSE, accuracy: train solid, test
 dashed, validation dotted) each in their own panel, apart from each method's objectives and
 residuals; several runs are overlaid, one colour per run. phases.png shows the time per phase and
-rank of each run, staleness.png the parameter-server modes' staleness histogram (summary.json).
+rank of each run, staleness.png the parameter-server modes' staleness histogram (summary.json),
+movement.png the relative movement ‖W_l − W_l⁰‖/‖W_l⁰‖ of every layer (metrics' layer_movement)
+at the logged iterations: whether the bottom layers learn or only the top ones.
 """
 
 from __future__ import annotations
@@ -71,13 +73,13 @@ def _out_paths(out: str | None, first: str) -> dict:
     if out and out.endswith(".png"):
         stem = out[:-4]
         os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-        return {"metrics": out, "phases": f"{stem}-phases.png", "staleness": f"{stem}-staleness.png"}
+        return {"metrics": out, **{k: f"{stem}-{k}.png" for k in ("phases", "staleness", "movement")}}
     directory = out or first
     try:
         os.makedirs(directory, exist_ok=True)
     except OSError as exc:
         raise UserError(f"--out {directory}: cannot create it: {exc.strerror}") from None
-    return {k: os.path.join(directory, f"{k}.png") for k in ("metrics", "phases", "staleness")}
+    return {k: os.path.join(directory, f"{k}.png") for k in ("metrics", "phases", "staleness", "movement")}
 
 
 def report(run_dirs, out: str | None = None) -> list[str]:
@@ -102,6 +104,9 @@ def report(run_dirs, out: str | None = None) -> list[str]:
     hists = [(label, h) for label, h in hists if h]
     if hists:
         written.append(_staleness_figure(plt, hists, paths["staleness"]))
+    moving = {label: rows for label, rows in runs.items() if any(r.get("layer_movement") for r in rows)}
+    if moving:
+        written.append(_movement_figure(plt, moving, paths["movement"]))
     return written
 
 
@@ -171,6 +176,25 @@ def _staleness_figure(plt, runs: list, path: str) -> str:
                       + ("; last bin: ≥ 63)" if last == len(hist) - 1 else ")"), fontsize=8)
         ax.set_ylabel("pushes")
         ax.set_title(f"{label}: staleness ({sum(hist)} pushes)")
+    return _save(plt, fig, path)
+
+
+def _movement_figure(plt, runs: dict, path: str) -> str:
+    """Per run: movement against layer index, one line per logged iteration (light to dark)."""
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 3.8), squeeze=False)
+    for ax, (label, rows) in zip(axes.flat, runs.items()):
+        rows = [r for r in rows if r.get("layer_movement")]
+        cmap = plt.get_cmap("viridis")
+        for i, r in enumerate(rows):
+            mv = [v if v is not None else float("nan") for v in r["layer_movement"]]
+            ax.plot(range(1, len(mv) + 1), mv, color=cmap(i / max(1, len(rows) - 1)),
+                    label=f"iter {r['iter']}" if i in (0, len(rows) - 1) else None)
+        ax.set_yscale("symlog", linthresh=1e-3)
+        ax.set_xlabel("layer (1 = input layer)")
+        ax.set_ylabel("‖W − W⁰‖ / ‖W⁰‖")
+        ax.set_title(f"{label}: layer movement")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
     return _save(plt, fig, path)
 
 

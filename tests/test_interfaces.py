@@ -212,6 +212,7 @@ def test_report_one_panel_per_quantity_runs_overlaid(cli, red_run, tmp_path):
     proc, _ = cli(["report", str(red_run), str(radmm), "--out", str(out)])
     assert proc.returncode == 0, proc.stderr
     assert (out / "metrics.png").stat().st_size > 5000 and (out / "phases.png").is_file()
+    assert (out / "movement.png").stat().st_size > 5000        # RADMM logs every layer's movement
     proc, _ = cli(["report", str(radmm), "--out", str(tmp_path / "one.png")])
     assert proc.returncode == 0 and (tmp_path / "one.png").is_file() and (tmp_path / "one-phases.png").is_file()
 
