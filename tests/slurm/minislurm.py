@@ -145,7 +145,7 @@ class MiniSlurm:
             "MpiDefault=none",
             "MailProg=/bin/true",
             "MinJobAge=900",
-            "KillWait=10",
+            "KillWait=30",      # Slurm's default: time for the ranks to checkpoint after SIGTERM on a loaded machine
             "AccountingStorageType=accounting_storage/none",
             "JobAcctGatherType=jobacct_gather/none",
             "JobCompType=jobcomp/filetxt",
