@@ -175,14 +175,15 @@ class DapCfg:
 class MacCfg:
     """MAC / ParMAC (docs/mac.md); the defaults were chosen on Wine Quality and digits there."""
     variant: str = "al"           # al (augmented Lagrangian) | qp (quadratic penalty)
-    mu0: float = 100.0            # first penalty μ (data are standardised, so it transfers)
+    mu0: float = 10.0             # first penalty μ (data are standardised, so it transfers)
     mu_factor: float = 1.05       # μ_{i+1} = mu_factor · μ_i
     mu_steps: int = 40            # μ values; the run converges when they are used up
     iters_per_mu: int = 1         # MAC alternations (Z-step + W-step) per μ value
     epochs: int = 1               # Gauss–Newton steps (ring epochs) of every submodel per W-step
-    lm: float = 0.01              # initial Levenberg–Marquardt damping of each row's fit
-    lm_min: float = 1e-6          # its floor (it shrinks ×1/3 after a kept step, grows ×10 after an
-                                  # undone one): a high floor keeps every step damped (regularises)
+    lm: float = 1.0               # initial Levenberg–Marquardt damping of each row's fit
+    lm_min: float = 1.0           # its floor for hidden rows (it shrinks ×1/3 after a kept step,
+                                  # grows ×10 after an undone one): a high floor keeps every hidden
+                                  # row's step damped, which regularises (docs/mac.md)
     weight_decay: float = 0.0     # ridge of each hidden row's fit (per point; in E_Q times μ)
     output: str = "refit"         # refit (output layer fitted on the forward features at μ stage
                                   # ends only) | fit (also fitted to Z in every W-step, the paper's)

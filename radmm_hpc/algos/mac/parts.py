@@ -246,8 +246,11 @@ def _armijo(evaluate, V, grads, e0, gn2, alpha, max_halvings: int) -> None:
     """One gradient step per point with per-point Armijo backtracking: V ← V − a·grad where
     evaluate(idx, trial) (each point's objective at the trial values of the points idx) falls by
     at least a·‖grad‖²/2; a starts at the point's alpha, halves on failure; alpha doubles after a
-    success (at most 1e3) and keeps the last halved size after max_halvings failures. Only the
-    points still searching are evaluated again. V and alpha are updated in place."""
+    success (at most 1e3) and keeps the last halved size after a failure. Only the points still
+    searching are evaluated again; a point stops searching (no step) once the decrease asked of
+    it is below its objective's rounding. V and alpha are updated in place."""
+    # a decrease below the objective's rounding cannot be tested: such a point takes no step
+    tiny = 4 * torch.finfo(e0.dtype).eps * e0.abs()
     idx = torch.nonzero(gn2 > 0).squeeze(1)
     a = alpha[idx].clone()
     for _ in range(max_halvings):
@@ -259,8 +262,11 @@ def _armijo(evaluate, V, grads, e0, gn2, alpha, max_halvings: int) -> None:
         for v, tv in zip(V, trial):
             v[done] = tv[ok]
         alpha[done] = torch.clamp(a[ok] * 2.0, max=1e3)
-        idx, a = idx[~ok], a[~ok] * 0.5
-    alpha[idx] = a      # no step found at this size: start smaller next time
+        a = a[~ok] * 0.5
+        idx = idx[~ok]
+        alpha[idx] = a     # no step found yet: start smaller next time
+        keep = 0.5 * a * gn2[idx] > tiny[idx]
+        idx, a = idx[keep], a[keep]
 
 
 def z_step_u(nested: Nested, weights, z0, Z, y, Lam, mu, alpha, n_steps: int, max_halvings: int = 30):

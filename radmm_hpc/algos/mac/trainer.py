@@ -35,7 +35,9 @@ from radmm_hpc.data import shard_range, validation_split
 from radmm_hpc.models.fcresnet import init_weights
 from radmm_hpc.scoring import score_predictions, tensors_for
 
-LM_DOWN, LM_UP, LM_MAX = 1 / 3, 10.0, 1e6   # damping after a kept / undone step (floor: mac.lm_min)
+LM_DOWN, LM_UP, LM_MAX = 1 / 3, 10.0, 1e6   # damping after a kept / undone step
+OUT_LM_MIN = 1e-6     # the output layer's damping floor (its fit is convex: no need to hold it back);
+                      # hidden rows' floor is mac.lm_min
 
 
 def weight_movement(weights, initial) -> dict:
@@ -100,7 +102,8 @@ class MacTrainer(Trainer):
             for s in self.sh.values():
                 s["Z"] = [h.clone() for h in self.nested.forward(self.W, s["X"])[1]]
                 s["Lam"] = [torch.zeros_like(h) for h in s["Z"]] if self.c.variant == "al" else None
-                s["alpha"] = torch.ones(len(s["z0"]), dtype=self.dtype, device=self.device)
+                # per-point Z-step sizes: the violations' curvature is at least μ, so start at 1/μ
+                s["alpha"] = torch.full((len(s["z0"]),), 1.0 / self.mu, dtype=self.dtype, device=self.device)
 
     # ---- one iteration -------------------------------------------------------------------------------
     def step(self, it: int) -> None:
@@ -219,7 +222,8 @@ class MacTrainer(Trainer):
                 rows[~ok] = old[sm.index][~ok]
             self.rejected += int((~ok).sum())
             lam = self.damp[sm.index]
-            lam.copy_(torch.where(ok, lam * LM_DOWN, lam * LM_UP).clamp(self.c.lm_min, max(LM_MAX, self.c.lm_min)))
+            floor = OUT_LM_MIN if self.nested.is_output(sm) else self.c.lm_min
+            lam.copy_(torch.where(ok, lam * LM_DOWN, lam * LM_UP).clamp(floor, max(LM_MAX, floor)))
 
     @torch.no_grad()
     def refit(self, it: int) -> None:
