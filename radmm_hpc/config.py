@@ -177,7 +177,7 @@ class MacCfg:
     variant: str = "al"           # al (augmented Lagrangian) | qp (quadratic penalty)
     mu0: float = 10.0             # first penalty μ (data are standardised, so it transfers)
     mu_factor: float = 1.05       # μ_{i+1} = mu_factor · μ_i
-    mu_steps: int = 40            # μ values; the run converges when they are used up
+    mu_steps: int = 20            # μ values; the run converges when they are used up
     iters_per_mu: int = 1         # MAC alternations (Z-step + W-step) per μ value
     epochs: int = 1               # Gauss–Newton steps (ring epochs) of every submodel per W-step
     lm: float = 1.0               # initial Levenberg–Marquardt damping of each row's fit
@@ -189,7 +189,7 @@ class MacCfg:
                                   # ends only) | fit (also fitted to Z in every W-step, the paper's)
     refit_steps: int = 10         # Newton steps of a softmax output layer's refit (regression: exact)
     ridge: float = 1e-4           # ridge of the output layer's refit (per point, like the loss)
-    z_steps: int = 5              # Z-step gradient steps per point (with backtracking)
+    z_steps: int = 3              # Z-step gradient steps per point (with backtracking)
     z_coords: str = "u"           # u (violations z_k − f_k(z_{k−1}): every layer moves at once) | z
     unit_groups: int = 0          # row groups per hidden layer (0 = enough for a submodel per shard)
     shards: int = 0               # data shards (0 = world size); serial with shards = P == ParMAC on P
