@@ -145,7 +145,9 @@ class MiniSlurm:
             "MpiDefault=none",
             "MailProg=/bin/true",
             "MinJobAge=900",
-            "KillWait=30",      # Slurm's default: time for the ranks to checkpoint after SIGTERM on a loaded machine
+            # Slurm's default: the time a cancelled job has to checkpoint and exit before SIGKILL
+            # (10 s was too short for the 2-rank scancel test on the loaded 2-core machine)
+            "KillWait=30",
             "AccountingStorageType=accounting_storage/none",
             "JobAcctGatherType=jobacct_gather/none",
             "JobCompType=jobcomp/filetxt",
