@@ -14,7 +14,7 @@ status=0
 echo "== static checks (ruff, import-linter)"
 ruff check radmm_hpc tests bench || status=1
 PYTHONPATH="$PWD" lint-imports --no-cache || status=1
-timeout 1800 python -m pytest tests -q -p no:cacheprovider --ignore=tests/slurm --ignore=tests/multinode || status=1
+timeout 2700 python -m pytest tests -q -p no:cacheprovider --ignore=tests/slurm --ignore=tests/multinode || status=1
 for n in 2 3 4 8; do
     echo "== MPI suite on $n ranks"
     # only rank 0 reports (assertions are reduced over ranks, so rank 0 fails when any would)
