@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from radmm_hpc import __version__
+from radmm_hpc.config import foreign_sections
 from radmm_hpc.errors import (
     EXIT_DIVERGED,
     CheckpointError,
@@ -245,9 +246,10 @@ def list_checkpoints(run_dir: str) -> List[str]:
 
 
 def _config_diff(saved: dict, cfg: dict) -> Optional[str]:
+    foreign = foreign_sections(cfg["train"]["algo"])
     for sec, table in cfg.items():
         free = _FREE_KEYS.get(sec, set())
-        if free is None:
+        if free is None or sec in foreign:
             continue
         old = saved.get(sec)
         if not isinstance(old, dict):
@@ -255,8 +257,6 @@ def _config_diff(saved: dict, cfg: dict) -> Optional[str]:
         for k, v in table.items():
             if k in free or k not in old:      # not in old: a setting added since it was written
                 continue
-            if sec in ("backprop", "radmm", "mac") and cfg["train"]["algo"] != sec:
-                continue        # another method's settings (their defaults may have changed since)
             if old.get(k) != v:
                 return f"{sec}.{k} = {old.get(k)!r} there, {v!r} in this run"
     return None

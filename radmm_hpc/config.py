@@ -21,6 +21,17 @@ else:  # pragma: no cover
 
 ALGOS = ("radmm", "backprop", "asgd", "dapsvrg", "dapsgd", "mac", "trgl")
 SCHEDULES = ("auto", "serial", "pipeline", "serial-redblack", "two-colour", "jacobi")
+# The sections only one method reads. A run depends on its own and on the shared ones (train,
+# model, data, ...); another method's section (its tuned defaults may change) never changes it.
+METHOD_SECTIONS = {"radmm": ("radmm", "radmmconv"), "backprop": ("backprop",), "mac": ("mac",),
+                   "trgl": ("trgl",), "asgd": ("ps", "asgd"), "dapsvrg": ("ps", "dap"),
+                   "dapsgd": ("ps", "dap")}
+
+
+def foreign_sections(algo: str) -> set:
+    """The settings sections that a run of `algo` does not read."""
+    every = {sec for secs in METHOD_SECTIONS.values() for sec in secs}
+    return every - set(METHOD_SECTIONS.get(algo, ()))
 
 
 @dataclass

@@ -166,6 +166,20 @@ def test_checkpoint_from_another_config(good_run, tmp_path):
         _fresh(run, algo="backprop").resume("auto")     # not damaged: no silent fallback
 
 
+def test_only_the_runs_own_method_settings_are_compared_on_resume():
+    from radmm_hpc.checkpoint import _config_diff
+    from radmm_hpc.config import Config
+    saved = Config().to_dict()
+    now = Config().to_dict()
+    now["trgl"]["lr"] *= 2                # another method's default changed since the checkpoint
+    now["asgd"]["batch_size"] += 1
+    assert _config_diff(saved, now) is None                       # a RADMM run reads neither
+    now["radmm"]["gamma"] *= 2
+    assert "radmm.gamma" in _config_diff(saved, now)
+    now["train"]["algo"] = saved["train"]["algo"] = "trgl"
+    assert "trgl.lr" in _config_diff(saved, now)
+
+
 def test_cli_resume_errors(cli, good_run, tmp_path, capsys):
     run = _copy(good_run, tmp_path)
     flip(run / "ckpt-000006" / "shard-00000.h5", 100, 8)

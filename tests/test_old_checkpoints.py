@@ -11,13 +11,13 @@ MAC's checkpoint (its Adam W-step, since replaced by Gauss-Newton fits) is refus
 
 import json
 import os
-import re
 import shutil
 
 import pytest
 
 from tests.support import ROOT, run_cli
 from tests.support.golden import collect, differences
+from tests.support.launch import message_lines
 
 DATA = os.path.join(ROOT, "tests", "data", "old-checkpoints")
 SMALL = ["--data", "synthetic-regression", "--set", "data.n_samples=32", "--set", "model.width=6",
@@ -41,7 +41,7 @@ CASES = {
 WRITE_ITERS, RESUME_ITERS = 4, 8
 # MAC's checkpoint from the Adam W-step (mac.batch_size=8 wrote it); resumed with its old schedule
 OLD_MAC = SMALL + ["--algo", "mac"] + [f"--set=mac.{k}" for k in (
-    "variant=qp", "mu0=1", "mu_factor=2", "mu_steps=10", "iters_per_mu=2", "epochs=1")]
+    "variant=qp", "mu0=1", "mu_factor=2", "mu_steps=10", "iters_per_mu=2", "epochs=1", "z_steps=5")]
 
 
 def _resume(name, run_dir):
@@ -74,8 +74,7 @@ def test_old_mac_checkpoint_is_refused_with_the_reason(tmp_path):
     proc, _ = run_cli(OLD_MAC + ["--iters", str(RESUME_ITERS), "--run-dir", run_dir,
                                  "--resume", os.path.join(run_dir, "ckpt-000004")], ranks=1, timeout=300)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    line = [x for x in proc.stderr.splitlines()            # the start-up line is not an error
-            if x.strip() and not re.match(r"radmm-hpc: rank \d+/\d+ on ", x)]
+    line = message_lines(proc.stderr)
     assert len(line) == 1 and "MAC with the Adam W-step" in line[0], proc.stderr
 
 

@@ -24,6 +24,8 @@ from helpers import (
     weights,
 )
 
+from tests.support.launch import message_lines
+
 pytestmark = pytest.mark.timeout(900)
 
 
@@ -116,9 +118,7 @@ def test_partition_ends_every_rank_by_the_comm_deadline(cluster, tmp_path):
     finally:
         cluster.set_link(2, True)
     assert proc.returncode == EXIT_COMM, err[-3000:]
-    # every line of ours but the start-up ones ("radmm-hpc: rank r/P on HOST ...")
-    lines = [line for line in err.splitlines() if line.startswith("radmm-hpc:")
-             and not line.startswith("radmm-hpc: rank ")]
+    lines = [line for line in message_lines(err) if line.startswith("radmm-hpc:")]   # ours, not MPI's
     assert lines and "Traceback" not in err, err[-3000:]
     assert all(f"no progress for {timeout_s} s waiting for" in line and "(comm.timeout_s)" in line
                for line in lines), lines

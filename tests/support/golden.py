@@ -22,6 +22,7 @@ import tempfile
 
 import h5py
 
+from radmm_hpc.config import foreign_sections
 from tests.support.checkpoints import CLOCKS, metrics_records
 from tests.support.launch import ROOT, run_cli
 
@@ -83,18 +84,13 @@ def collect(run_dir: str) -> dict:
             "model_arrays_sha256": _arrays_digest(os.path.join(run_dir, "model.h5"))}
 
 
-METHOD_SECTIONS = {"backprop": ("backprop",), "radmm": ("radmm", "radmmconv"), "mac": ("mac",),
-                   "trgl": ("trgl",), "asgd": ("ps", "asgd"), "dapsvrg": ("ps", "dap"), "dapsgd": ("ps", "dap")}
-
-
 def comparable(record: dict) -> dict:
-    """The record without the settings of the methods the run did not use: another method's
-    defaults may change (a tuned default) without changing this run."""
+    """The record without the sections of the methods the run did not use (config.foreign_sections:
+    another method's defaults may change, a tuned default, without changing this run)."""
     out = json.loads(json.dumps(record))
     for m in out.get("manifests", {}).values():
         cfg = m.get("config", {})
-        mine = METHOD_SECTIONS.get(cfg.get("train", {}).get("algo"), ())
-        for sec in {s for secs in METHOD_SECTIONS.values() for s in secs} - set(mine):
+        for sec in foreign_sections(cfg.get("train", {}).get("algo")):
             cfg.pop(sec, None)
     return out
 

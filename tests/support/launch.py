@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+STARTUP = re.compile(r"radmm-hpc: rank \d+/\d+ on ")   # runtime.startup_lines: one per rank
+
+
+def message_lines(stderr: str) -> list:
+    """The non-empty lines of a run's stderr that are not its start-up lines."""
+    return [x for x in stderr.splitlines() if x.strip() and not STARTUP.match(x)]
 
 
 def mpiexec() -> str:
