@@ -23,6 +23,7 @@ import traceback
 
 from radmm_hpc import __version__
 from radmm_hpc.config import (
+    METHOD_SECTIONS,
     Config,
     apply_table,
     build_config,
@@ -40,9 +41,6 @@ FLAG_KEYS = {"algo": "train.algo", "data": "data.name", "model": "model.arch", "
              "seed": "train.seed", "device": "train.device", "dtype": "train.dtype",
              "run_dir": "train.run_dir", "checkpoint_every": "checkpoint.every",
              "train_subset": "data.train_subset"}
-# the sections a method reads, for suggesting `--set SECTION.KEY` for an unknown flag
-ALGO_SECTIONS = {"radmm": ("radmm", "radmmconv"), "backprop": ("backprop",), "mac": ("mac",),
-                 "trgl": ("trgl",), "asgd": ("asgd", "ps"), "dapsvrg": ("dap", "ps"), "dapsgd": ("dap", "ps")}
 # the rank a launcher gives this process, read before MPI is joined (who prints --help)
 RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK", "SLURM_PROCID", "RANK")
 
@@ -153,7 +151,7 @@ def _flag_hint(extras: list, args) -> str:
                 found = [k for k in keys if close and k.split(".")[1] == close[0]]
         if not found:
             continue
-        mine = [k for k in found if k.split(".")[0] in ALGO_SECTIONS.get(algo, ())]
+        mine = [k for k in found if k.split(".")[0] in METHOD_SECTIONS.get(algo, ())]
         best = (mine or found)[0]
         others = [k for k in found if k != best]
         also = f"; also {', '.join(others)}" if others else ""
